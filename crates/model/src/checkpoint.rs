@@ -1,0 +1,58 @@
+//! Loading a checkpoint folder into a [`SmolVlm`] and saving one back in the layout
+//! transformers reads (`config.json` + `model.safetensors`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use vlmtune_quant::{
+    ensure_all_used, write_atomic, write_safetensors, SafetensorsFiles, SaveDtype, Weights,
+};
+
+use crate::config::VlmConfig;
+use crate::error::{ModelError, Result};
+use crate::hub::resolve_model;
+use crate::vlm::SmolVlm;
+
+/// Loads a model from a local folder or a Hub id (see [`resolve_model`]).
+pub fn load_pretrained<B: Backend>(spec: &str, device: &B::Device) -> Result<SmolVlm<B>> {
+    load_dir(&resolve_model(spec)?, device)
+}
+
+/// Loads `config.json` and the safetensors weights of `dir`. Every checkpoint key must be
+/// used and every model weight present with its shape.
+pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<SmolVlm<B>> {
+    let config = VlmConfig::from_file(&dir.join("config.json"))?;
+    let files = SafetensorsFiles::open_dir(dir, "model")?;
+    tracing::info!(dir = %dir.display(), tensors = files.keys().len(), "loading checkpoint");
+    let model = SmolVlm::load(&Weights::new(&files, device), &config)?;
+    ensure_all_used(&files)?;
+    Ok(model)
+}
+
+/// Whether a parameter path belongs to the base model (adapters are saved separately).
+pub fn is_base_param(path: &str) -> bool {
+    !path.contains(".lora_") && !path.contains(".lora.")
+}
+
+/// Writes `config.json` and `model.safetensors` (in `dtype`) to `dir`, atomically per file,
+/// with the Hugging Face key names.
+pub fn save_pretrained<B: Backend>(model: &SmolVlm<B>, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    let tensors = vlmtune_peft::param_values::<B, _>(model, is_base_param);
+    let mut metadata = BTreeMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &tensors,
+        dtype,
+        Some(metadata),
+    )?;
+    let mut config = model.config().clone();
+    config.architectures = None;
+    write_atomic(&dir.join("config.json"), config.to_json_string().as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! # vlmtune-quant
+//!
+//! Storage of frozen base weights and the plumbing to read them:
+//!
+//! * [`store`]: safetensors files (single or sharded) read as f32 from F32/BF16/F16, and
+//!   atomic safetensors writes.
+//! * [`weights`]: [`Weights`], a cursor over a [`TensorSource`] (checkpoint or seeded random
+//!   init) that modules use to build themselves by Hugging Face key.
+//!
+//! ```
+//! use vlmtune_quant::{Init, RandomInit, Weights};
+//! type B = burn::backend::NdArray;
+//! let source = RandomInit::new(0);
+//! let w = Weights::<B>::new(&source, &Default::default());
+//! let t = w.pp("layer").tensor("weight", [2, 3], Init::Ones).unwrap();
+//! assert_eq!(t.dims(), [2, 3]);
+//! ```
+
+pub mod error;
+pub mod store;
+pub mod weights;
+
+pub use error::{QuantError, Result};
+pub use store::{write_atomic, write_safetensors, NamedTensor, SafetensorsFiles, SaveDtype};
+pub use weights::{
+    ensure_all_used, sample_init, stable_hash, Init, RandomInit, TensorSource, Weights,
+};
