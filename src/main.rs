@@ -1,1 +1,38 @@
-fn main() {}
+//! The `vlmtune` command line.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use vlmtune::backend::{dispatch, DeviceKind};
+
+/// Fine-tune SmolVLM / Idefics3 vision-language models: SFT, DPO, LoRA/QLoRA.
+#[derive(Parser, Debug)]
+#[command(name = "vlmtune", version, about)]
+struct Cli {
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu, global = true)]
+    device: DeviceKind,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the architecture and parameter counts of a checkpoint or preset.
+    Inspect(cli::inspect::InspectArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! The `vlmtune` subcommands, one file each.
+
+pub mod inspect;
