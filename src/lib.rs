@@ -13,6 +13,11 @@
 //! | [`train`] | trainers |
 
 pub mod backend;
+pub mod error;
+pub mod pipeline;
+
+pub use error::{Error, Result};
+pub use pipeline::{ChatOptions, ChatReply, Pipeline};
 
 pub use vlmtune_data as data;
 pub use vlmtune_model as model;
@@ -23,6 +28,7 @@ pub use vlmtune_train as train;
 /// The names most programs need.
 pub mod prelude {
     pub use crate::backend::{dispatch, BackendJob, CpuBackend, DeviceKind};
+    pub use crate::pipeline::{ChatOptions, ChatReply, Pipeline};
     pub use vlmtune_model::{
         generate, load_pretrained, save_pretrained, GenerationConfig, PixelBatch, Preset, SmolVlm,
         TokenBatch, VlmConfig,

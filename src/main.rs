@@ -18,11 +18,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Answer a prompt about images with a model (prints only the generated text).
+    Generate(cli::generate::GenerateArgs),
     /// Print the architecture and parameter counts of a checkpoint or preset.
     Inspect(cli::inspect::InspectArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -32,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Generate(args) => println!("{}", dispatch(cli.device, args)??),
         Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),
     }
     Ok(())

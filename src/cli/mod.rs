@@ -1,3 +1,4 @@
 //! The `vlmtune` subcommands, one file each.
 
+pub mod generate;
 pub mod inspect;

@@ -64,7 +64,7 @@ pub fn causal_mask<B: Backend>(
     device: &B::Device,
 ) -> Option<Tensor<B, 4>> {
     let past_len = kv_len - q_len;
-    let padded = attention_mask.iter().any(|m| *m == 0);
+    let padded = attention_mask.contains(&0);
     if !padded && q_len == 1 {
         return None;
     }

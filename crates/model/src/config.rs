@@ -378,7 +378,7 @@ impl VlmConfig {
                 return bad(field, "must be positive".into());
             }
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(
                 "vision_config.num_attention_heads",
                 format!(
@@ -387,7 +387,7 @@ impl VlmConfig {
                 ),
             );
         }
-        if v.patches_per_side() == 0 || v.patches_per_side() % self.scale_factor != 0 {
+        if v.patches_per_side() == 0 || !v.patches_per_side().is_multiple_of(self.scale_factor) {
             return bad(
                 "scale_factor",
                 format!(
@@ -399,7 +399,7 @@ impl VlmConfig {
                 ),
             );
         }
-        if t.kv_heads() == 0 || t.num_attention_heads % t.kv_heads() != 0 {
+        if t.kv_heads() == 0 || !t.num_attention_heads.is_multiple_of(t.kv_heads()) {
             return bad(
                 "text_config.num_key_value_heads",
                 format!(
@@ -409,7 +409,7 @@ impl VlmConfig {
                 ),
             );
         }
-        if t.head_dim() % 2 != 0 {
+        if !t.head_dim().is_multiple_of(2) {
             return bad(
                 "text_config.head_dim",
                 format!("{} must be even for RoPE", t.head_dim()),

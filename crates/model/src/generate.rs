@@ -40,6 +40,50 @@ impl Default for GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// Greedy settings with the end-of-sequence and padding ids of a checkpoint folder:
+    /// `generation_config.json` when present (as `model.generate` uses it), else `config`.
+    pub fn for_checkpoint(
+        dir: Option<&std::path::Path>,
+        config: &crate::VlmConfig,
+    ) -> Result<Self> {
+        let mut out = Self {
+            eos_token_ids: config.eos_token_ids(),
+            pad_token_id: config.text_config.pad_token_id.unwrap_or(0),
+            ..Self::default()
+        };
+        let Some(path) = dir
+            .map(|d| d.join("generation_config.json"))
+            .filter(|p| p.is_file())
+        else {
+            return Ok(out);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                file: path.display().to_string(),
+                field: String::new(),
+                message: e.to_string(),
+            })?;
+        if let Some(eos) = json.get("eos_token_id") {
+            let ids: crate::config::TokenIds =
+                serde_json::from_value(eos.clone()).map_err(|e| ModelError::Config {
+                    file: path.display().to_string(),
+                    field: "eos_token_id".into(),
+                    message: e.to_string(),
+                })?;
+            out.eos_token_ids = ids.to_vec();
+        }
+        if let Some(pad) = json.get("pad_token_id").and_then(serde_json::Value::as_u64) {
+            out.pad_token_id = pad as u32;
+        }
+        Ok(out)
+    }
+}
+
 /// What generation produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationOutput {

@@ -5,6 +5,8 @@
 //! transformers' PIL image processor resizes with these, so matching them bit for bit keeps
 //! `pixel_values` equal to transformers' up to float rounding.
 
+use rayon::prelude::*;
+
 /// An 8-bit RGB image, interleaved `[height][width][3]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage {
@@ -129,6 +131,8 @@ fn sinc(x: f64) -> f64 {
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// The rounding offset every accumulator starts from.
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Per output pixel: the first input index, and fixed-point weights of the inputs from there.
 struct Coefficients {
@@ -190,71 +194,107 @@ fn clip8(value: i32) -> u8 {
 }
 
 /// Resizes `image` to `width×height` exactly as `PIL.Image.resize(..., resample=filter)` does
-/// for an RGB image (no `box`, no `reducing_gap`).
+/// for an RGB image (no `box`, no `reducing_gap`), Pillow 13 pass order included: the vertical
+/// pass runs first when the height shrinks by more than twice as many pixels as the width.
 pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Filter) -> RgbImage {
     if width == image.width && height == image.height {
         return image.clone();
     }
-    let vert = coefficients(image.height, height, filter);
-    let first_row = vert.bounds.first().map(|b| b.0).unwrap_or(0);
-    let last_row = vert.bounds.last().map(|b| b.0 + b.1).unwrap_or(0);
+    let need_horizontal = width != image.width;
+    let need_vertical = height != image.height;
+    let shrink_h = image.height as i64 - height as i64;
+    let shrink_w = image.width as i64 - width as i64;
+    let horizontal_first = !(shrink_h > 0 && shrink_h > shrink_w * 2);
+    if horizontal_first {
+        let vert = coefficients(image.height, height, filter);
+        let first_row = vert.bounds.first().map(|b| b.0).unwrap_or(0);
+        let last_row = vert.bounds.last().map(|b| b.0 + b.1).unwrap_or(0);
+        let tmp = if need_horizontal {
+            horizontal_pass(image, first_row, last_row - first_row, width, filter)
+        } else {
+            image.clone()
+        };
+        let offset = if need_horizontal { first_row } else { 0 };
+        if need_vertical {
+            vertical_pass(&tmp, &vert, offset)
+        } else {
+            tmp
+        }
+    } else {
+        let tmp = if need_vertical {
+            vertical_pass(image, &coefficients(image.height, height, filter), 0)
+        } else {
+            image.clone()
+        };
+        if need_horizontal {
+            horizontal_pass(&tmp, 0, tmp.height, width, filter)
+        } else {
+            tmp
+        }
+    }
+}
 
-    // Horizontal pass over the rows the vertical pass will read.
-    let (tmp, tmp_offset) = if width != image.width {
-        let horiz = coefficients(image.width, width, filter);
-        let rows = last_row - first_row;
-        let mut data = vec![0u8; rows * width * 3];
-        for y in 0..rows {
+/// Resamples rows `first_row .. first_row + rows` of `image` to `width` columns (rows in
+/// parallel).
+fn horizontal_pass(
+    image: &RgbImage,
+    first_row: usize,
+    rows: usize,
+    width: usize,
+    filter: Filter,
+) -> RgbImage {
+    let horiz = coefficients(image.width, width, filter);
+    let mut data = vec![0u8; rows * width * 3];
+    data.par_chunks_mut(width * 3)
+        .enumerate()
+        .for_each(|(y, out)| {
             let src = &image.data
                 [(y + first_row) * image.width * 3..(y + first_row + 1) * image.width * 3];
             for (xx, &(xmin, count)) in horiz.bounds.iter().enumerate() {
                 let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + count];
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (x, w) in k.iter().enumerate() {
-                    let px = &src[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += i32::from(px[c]) * w;
-                    }
+                let taps = &src[xmin * 3..(xmin + count) * 3];
+                let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+                for (px, w) in taps.chunks_exact(3).zip(k) {
+                    r += i32::from(px[0]) * w;
+                    g += i32::from(px[1]) * w;
+                    b += i32::from(px[2]) * w;
                 }
-                for c in 0..3 {
-                    data[(y * width + xx) * 3 + c] = clip8(acc[c]);
-                }
+                out[xx * 3] = clip8(r);
+                out[xx * 3 + 1] = clip8(g);
+                out[xx * 3 + 2] = clip8(b);
             }
-        }
-        (
-            RgbImage {
-                width,
-                height: rows,
-                data,
-            },
-            first_row,
-        )
-    } else {
-        (image.clone(), 0)
-    };
-    if height == image.height {
-        return tmp;
+        });
+    RgbImage {
+        width,
+        height: rows,
+        data,
     }
+}
 
-    // Vertical pass.
-    let mut data = vec![0u8; height * width * 3];
-    for (yy, &(ymin, count)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
-        let base = ymin - tmp_offset;
-        for xx in 0..width {
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+/// Resamples columns with precomputed vertical coefficients; `image` row 0 is source row
+/// `offset`. Each output row accumulates whole source rows, which vectorises, and output rows
+/// run in parallel.
+fn vertical_pass(image: &RgbImage, vert: &Coefficients, offset: usize) -> RgbImage {
+    let width = image.width;
+    let row_len = width * 3;
+    let height = vert.bounds.len();
+    let mut data = vec![0u8; height * row_len];
+    data.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(yy, out)| {
+            let (ymin, count) = vert.bounds[yy];
+            let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
+            let mut acc = vec![HALF; row_len];
             for (y, w) in k.iter().enumerate() {
-                let px =
-                    &tmp.data[((base + y) * width + xx) * 3..((base + y) * width + xx) * 3 + 3];
-                for c in 0..3 {
-                    acc[c] += i32::from(px[c]) * w;
+                let start = (ymin - offset + y) * row_len;
+                for (a, s) in acc.iter_mut().zip(&image.data[start..start + row_len]) {
+                    *a += i32::from(*s) * w;
                 }
             }
-            for c in 0..3 {
-                data[(yy * width + xx) * 3 + c] = clip8(acc[c]);
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = clip8(*a);
             }
-        }
-    }
+        });
     RgbImage {
         width,
         height,
