@@ -500,7 +500,10 @@ mod tests {
 
     #[test]
     fn missing_keys_take_transformers_defaults() {
-        let c = VlmConfig::from_json_str(r#"{"model_type": "smolvlm"}"#, "t").unwrap();
+        // transformers' own class defaults (224 / 32 = 7 patches, scale 2) cannot pixel-shuffle,
+        // so they are checked without validation.
+        let c: VlmConfig = serde_json::from_str(r#"{"model_type": "smolvlm"}"#).unwrap();
+        assert!(c.validate("t").unwrap_err().to_string().contains("scale_factor"));
         assert_eq!(c.vision_config.hidden_size, 1152);
         assert_eq!(c.vision_config.patch_size, 32);
         assert_eq!(c.scale_factor, 2);
@@ -511,7 +514,7 @@ mod tests {
         assert_eq!(c.text_config.head_dim(), 128);
         // A partial text_config takes LlamaConfig's defaults for what it lacks.
         let c = VlmConfig::from_json_str(
-            r#"{"model_type": "idefics3", "text_config": {"vocab_size": 200000, "rope_theta": 273768.0}}"#,
+            r#"{"model_type": "idefics3", "vision_config": {"patch_size": 14, "image_size": 384}, "scale_factor": 3, "text_config": {"vocab_size": 200000, "rope_theta": 273768.0}}"#,
             "t",
         )
         .unwrap();
@@ -529,14 +532,14 @@ mod tests {
             "{err}"
         );
         let err = VlmConfig::from_json_str(
-            r#"{"model_type": "smolvlm", "text_config": {"hidden_size": "big"}}"#,
+            r#"{"model_type": "smolvlm", "vision_config": {"patch_size": 16, "image_size": 512}, "text_config": {"hidden_size": "big"}}"#,
             "cfg.json",
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("text_config.hidden_size"), "{err}");
         let err = VlmConfig::from_json_str(
-            r#"{"model_type": "smolvlm", "text_config": {"vocab_size": 200000, "rope_parameters": {"rope_theta": 1.0, "rope_type": "yarn"}}}"#,
+            r#"{"model_type": "smolvlm", "vision_config": {"patch_size": 16, "image_size": 512}, "text_config": {"vocab_size": 200000, "rope_parameters": {"rope_theta": 1.0, "rope_type": "yarn"}}}"#,
             "cfg.json",
         )
         .unwrap_err()
@@ -554,7 +557,7 @@ mod tests {
     #[test]
     fn json_round_trip_is_v5() {
         let c = VlmConfig::from_json_str(
-            r#"{"model_type": "idefics3", "text_config": {"vocab_size": 200000, "rope_theta": 5.0}}"#,
+            r#"{"model_type": "idefics3", "vision_config": {"patch_size": 16, "image_size": 512}, "text_config": {"vocab_size": 200000, "rope_theta": 5.0}}"#,
             "t",
         )
         .unwrap();
