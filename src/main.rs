@@ -22,6 +22,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Print the architecture and parameter counts of a checkpoint or preset.
     Inspect(cli::inspect::InspectArgs),
+    /// Merge an adapter into its base model and save a Hugging Face checkpoint.
+    Merge(cli::merge::MergeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +48,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => println!("{}", dispatch(cli.device, args)??),
         Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),
+        Command::Merge(args) => eprintln!("{}", dispatch(cli.device, args)??),
     }
     Ok(())
 }

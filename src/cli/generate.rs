@@ -11,6 +11,9 @@ pub struct GenerateArgs {
     /// A checkpoint folder or Hub id.
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter folder to apply (PEFT format).
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
     /// An image file (PNG, JPEG, WebP); repeat for several images.
     #[arg(long = "image")]
     pub images: Vec<std::path::PathBuf>,
@@ -41,7 +44,10 @@ impl BackendJob for GenerateArgs {
     type Output = anyhow::Result<String>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let pipeline = Pipeline::<B::InnerBackend>::load(&self.model, &device)?;
+        let mut pipeline = Pipeline::<B::InnerBackend>::load(&self.model, &device)?;
+        if let Some(adapter) = &self.adapter {
+            vlmtune::peft::load_adapter(&mut pipeline.model, adapter, "default")?;
+        }
         let images = self
             .images
             .iter()

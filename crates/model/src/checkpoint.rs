@@ -30,6 +30,21 @@ pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<SmolVlm<B>
     Ok(model)
 }
 
+/// Copies the tokenizer, processor and generation files of checkpoint `from` to `to`, so a
+/// saved model folder is complete.
+pub fn copy_side_files(from: &Path, to: &Path) -> Result<()> {
+    for name in crate::hub::SIDE_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).map_err(|source| ModelError::Io {
+                path: src.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a parameter path belongs to the base model (adapters are saved separately).
 pub fn is_base_param(path: &str) -> bool {
     !path.contains(".lora_") && !path.contains(".lora.")

@@ -503,7 +503,11 @@ mod tests {
         // transformers' own class defaults (224 / 32 = 7 patches, scale 2) cannot pixel-shuffle,
         // so they are checked without validation.
         let c: VlmConfig = serde_json::from_str(r#"{"model_type": "smolvlm"}"#).unwrap();
-        assert!(c.validate("t").unwrap_err().to_string().contains("scale_factor"));
+        assert!(c
+            .validate("t")
+            .unwrap_err()
+            .to_string()
+            .contains("scale_factor"));
         assert_eq!(c.vision_config.hidden_size, 1152);
         assert_eq!(c.vision_config.patch_size, 32);
         assert_eq!(c.scale_factor, 2);

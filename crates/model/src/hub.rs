@@ -8,8 +8,9 @@ use hf_hub::{Repo, RepoType};
 
 use crate::error::{ModelError, Result};
 
-/// Files besides the weights that a checkpoint may carry; missing ones are skipped.
-const OPTIONAL_FILES: [&str; 8] = [
+/// Files besides the config and weights that a checkpoint may carry (tokenizer, processor,
+/// generation settings); missing ones are skipped.
+pub const SIDE_FILES: [&str; 8] = [
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -99,7 +100,7 @@ fn download_model(repo_id: &str) -> Result<PathBuf> {
             }
         }
     }
-    for file in OPTIONAL_FILES {
+    for file in SIDE_FILES {
         let _ = get(file);
     }
     Ok(config

@@ -121,3 +121,39 @@ pub fn param_values<B: Backend, M: Module<B>>(
     });
     out
 }
+
+struct RequiresGradSetter<F> {
+    path: PathTracker,
+    decide: F,
+}
+
+impl<B: Backend, F: FnMut(&str) -> Option<bool>> burn::module::ModuleMapper<B>
+    for RequiresGradSetter<F>
+{
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        match (self.decide)(&self.path.path()) {
+            Some(flag) => param.set_require_grad(flag),
+            None => param,
+        }
+    }
+}
+
+/// Sets `require_grad` of every float parameter for which `decide(path)` says `Some(flag)`,
+/// leaving the others as they are. This is how full fine-tuning and the freeze switches
+/// (vision tower, connector, text model) are expressed.
+pub fn set_requires_grad<B: Backend, M: Module<B>>(
+    module: M,
+    decide: impl FnMut(&str) -> Option<bool>,
+) -> M {
+    let mut mapper = RequiresGradSetter {
+        path: PathTracker::default(),
+        decide,
+    };
+    module.map(&mut mapper)
+}
