@@ -50,6 +50,22 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// A dataset is unusable (empty, malformed row...).
+    #[error("dataset {source_name}: {message}")]
+    Dataset {
+        /// File (and row) or Hub id.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A sample does not fit the collator's limits.
+    #[error("sample {origin}: {message}")]
+    Sample {
+        /// Where the sample came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Text and images do not agree (number of `<image>` markers vs images, ...).
     #[error("{0}")]
     Mismatch(String),

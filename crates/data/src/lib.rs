@@ -4,9 +4,22 @@
 //!
 //! * [`processor`]: the SmolVLM processor (tokenizer, chat template, PIL-exact image
 //!   processing, `<image>` expansion), configured from a checkpoint's files.
+//! * [`dataset`]: TRL-format examples from JSONL + images, Hugging Face parquet (local or
+//!   Hub), and seeded synthetic charts.
+//! * [`collate`]: prompt/completion split, labels, truncation and padding ([`SftCollator`]).
+//! * [`loader`]: seeded per-epoch batches encoded on background threads.
 
+pub mod collate;
+pub mod dataset;
 pub mod error;
+pub mod loader;
 pub mod processor;
 
+pub use collate::{CollatorConfig, EncodedExample, SftCollator, TooLong, TrainBatch, IGNORE_INDEX};
+pub use dataset::{
+    Conversation, DatasetFormat, DatasetSource, FormatKind, ImageSource, PreferenceExample,
+    SftExample,
+};
 pub use error::{DataError, Result};
+pub use loader::{epoch_batches, BatchEncoder, LoaderConfig};
 pub use processor::{BatchEncoding, Message, PixelValues, ProcessOptions, Processor};

@@ -27,14 +27,36 @@ pub fn scaled_dot_product<B: Backend>(
     let kv_heads = k.dims()[1];
     let kv_len = k.dims()[2];
     let groups = heads / kv_heads;
-    let q = q.reshape([batch, kv_heads, groups * q_len, head_dim]);
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    let mut scores = scores.reshape([batch, heads, q_len, kv_len]);
+    let n = batch * kv_heads;
+    // Scaling q (head_dim wide) is cheaper than scaling the scores (kv_len wide).
+    let q = q.mul_scalar(scale).reshape([n, groups * q_len, head_dim]);
+    let k_t = k.reshape([n, kv_len, head_dim]).swap_dims(1, 2);
+    let mut scores = bmm(q, k_t).reshape([batch, heads, q_len, kv_len]);
     if let Some(mask) = mask {
         scores = scores + mask;
     }
-    let probs = softmax(scores, 3).reshape([batch, kv_heads, groups * q_len, kv_len]);
-    probs.matmul(v).reshape([batch, heads, q_len, head_dim])
+    let probs = softmax(scores, 3).reshape([n, groups * q_len, kv_len]);
+    bmm(probs, v.reshape([n, kv_len, head_dim])).reshape([batch, heads, q_len, head_dim])
+}
+
+/// Batched matrix product `[n, m, k] · [n, k, p] -> [n, m, p]`.
+///
+/// burn-ndarray runs the batches of a batched matmul in parallel, each on matrixmultiply's own
+/// threads; on small CPUs that is ~15x slower than a loop of 2-D products (measured: 0.39 s vs
+/// 0.025 s for 12 heads of 1024x64x1024 on 2 cores), so on that backend the batches are looped.
+pub fn bmm<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+    let n = a.dims()[0];
+    if n == 1 || !B::name(&a.device()).contains("ndarray") {
+        return a.matmul(b);
+    }
+    let products = (0..n)
+        .map(|i| {
+            let ai: Tensor<B, 2> = a.clone().narrow(0, i, 1).squeeze_dim(0);
+            let bi: Tensor<B, 2> = b.clone().narrow(0, i, 1).squeeze_dim(0);
+            ai.matmul(bi).unsqueeze_dim::<3>(0)
+        })
+        .collect();
+    Tensor::cat(products, 0)
 }
 
 /// An additive mask `[batch, 1, 1, kv_len]` that hides the keys where `keep` is false.

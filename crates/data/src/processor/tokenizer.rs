@@ -132,6 +132,18 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Tokenises `text` without special tokens, with each token's byte span in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| DataError::Tokenizer {
+                file: self.file.clone(),
+                message: e.to_string(),
+            })?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// Turns ids back into text, optionally without special tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.tokenizer

@@ -1,0 +1,107 @@
+//! Training-step costs on the SmolVLM-256M architecture (random weights, f32, one 512x512
+//! tile, batch 1): forward + backward with LoRA r=8 on the text attention against a full
+//! fine-tune, next to PyTorch + PEFT (`scripts/reference/bench_train_step.py`).
+//!
+//! Each mode runs in its own process so that peak memory is its own:
+//! `cargo bench --bench train_step` (all modes) or `-- --mode lora` (one).
+
+mod common;
+
+use burn::tensor::backend::Backend;
+use vlmtune::model::{causal_lm_loss, Preset, SmolVlm, Trainable};
+use vlmtune::peft::{add_adapter, LoraPreset};
+use vlmtune::prelude::{PixelBatch, TokenBatch};
+
+type AB = burn::backend::Autodiff<burn::backend::NdArray>;
+
+const MODES: [&str; 2] = ["lora", "full"];
+
+fn one_tile_prompt(image_seq_len: usize) -> Vec<u32> {
+    let mut ids = vec![1, 11126, 42, 49189, 49152];
+    ids.extend(std::iter::repeat_n(49190, image_seq_len));
+    ids.push(49189);
+    ids.extend(100..116);
+    ids.extend([49279, 198, 9519, 42]);
+    ids
+}
+
+fn run_mode(mode: &str) {
+    let device = Default::default();
+    let config = Preset::SmolVlm256M.config();
+    let mut model = SmolVlm::<AB>::init(&config, 0, &device).expect("preset builds");
+    match mode {
+        "lora" => {
+            add_adapter(
+                &mut model,
+                "default",
+                &LoraPreset::TextAttention.config(8, 16.0),
+                0,
+            )
+            .unwrap();
+        }
+        "full" => model = model.with_trainable(Trainable::all()),
+        other => panic!("unknown mode {other}"),
+    }
+    let ids = one_tile_prompt(config.image_seq_len());
+    let mut labels: Vec<i64> = vec![-100; ids.len()];
+    let n = ids.len();
+    for (i, l) in labels.iter_mut().enumerate().skip(n - 16) {
+        *l = ids[i] as i64;
+    }
+    let tokens = TokenBatch::from_rows(&[ids]).unwrap();
+    let pixels = PixelBatch {
+        pixel_values: (0..3 * 512 * 512)
+            .map(|i| ((i % 255) as f32 / 127.5) - 1.0)
+            .collect(),
+        shape: [1, 1, 3, 512, 512],
+        pixel_attention_mask: None,
+    };
+    let step = || {
+        let logits = model.forward(&tokens, Some(&pixels)).unwrap();
+        let loss = causal_lm_loss(logits, &labels, None).unwrap();
+        let grads = loss.backward();
+        drop(grads);
+        AB::sync(&device).ok();
+    };
+    let secs = common::median_secs(3, step);
+    println!(
+        "{{\"mode\": \"{mode}\", \"median_s\": {secs:.3}, \"peak_rss_mib\": {:.0}}}",
+        common::peak_rss_mib()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--mode") {
+        run_mode(&args[i + 1]);
+        return;
+    }
+    let reference = common::reference("train_step");
+    let exe = std::env::current_exe().unwrap();
+    for mode in MODES {
+        let out = std::process::Command::new(&exe)
+            .args(["--mode", mode])
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let ours: serde_json::Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|_| panic!("{line}\n{}", String::from_utf8_lossy(&out.stderr)));
+        let (s, mib) = (
+            ours["median_s"].as_f64().unwrap(),
+            ours["peak_rss_mib"].as_f64().unwrap(),
+        );
+        print!("256M forward+backward, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
+        if let Some(r) = reference.as_ref().and_then(|r| r.get(mode)) {
+            let (ts, tm) = (
+                r["median_s"].as_f64().unwrap(),
+                r["peak_rss_mib"].as_f64().unwrap(),
+            );
+            print!(
+                "; PyTorch {ts:.2} s, {tm:.0} MiB -> time x{:.2}, memory x{:.2}",
+                s / ts,
+                mib / tm
+            );
+        }
+        println!();
+    }
+}

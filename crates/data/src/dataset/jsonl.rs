@@ -1,0 +1,73 @@
+//! JSONL datasets: one JSON object per line, image paths relative to the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::dataset::cell::Cell;
+use crate::dataset::format::{DatasetFormat, Row};
+use crate::dataset::{PreferenceExample, SftExample};
+use crate::error::{DataError, Result};
+
+/// Parses every non-empty line of `path` into a row; errors name the line.
+pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let origin = format!("{}:{}", path.display(), i + 1);
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| DataError::Dataset {
+                source_name: origin.clone(),
+                message: format!("invalid JSON: {e}"),
+            })?;
+        match Cell::from(&value) {
+            Cell::Map(m) => rows.push((origin, m)),
+            _ => {
+                return Err(DataError::Dataset {
+                    source_name: origin,
+                    message: "a line must be a JSON object".into(),
+                })
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn base_dir(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Reads supervised examples from a JSONL file.
+pub fn load_sft(path: &Path, format: &DatasetFormat) -> Result<Vec<SftExample>> {
+    let rows = read_rows(path)?;
+    rows.iter()
+        .map(|(origin, cells)| {
+            Row {
+                cells,
+                origin: origin.clone(),
+                base_dir: base_dir(path),
+            }
+            .to_sft(format)
+        })
+        .collect()
+}
+
+/// Reads preference examples from a JSONL file.
+pub fn load_preference(path: &Path, format: &DatasetFormat) -> Result<Vec<PreferenceExample>> {
+    let rows = read_rows(path)?;
+    rows.iter()
+        .map(|(origin, cells)| {
+            Row {
+                cells,
+                origin: origin.clone(),
+                base_dir: base_dir(path),
+            }
+            .to_preference(format)
+        })
+        .collect()
+}

@@ -1,0 +1,232 @@
+//! Datasets of image + text examples: TRL's formats read from JSONL + image files, Hugging
+//! Face parquet (local or from the Hub), or generated synthetic charts.
+
+pub mod cell;
+pub mod format;
+pub mod hub;
+pub mod jsonl;
+pub mod parquet;
+pub mod synthetic;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use image::DynamicImage;
+
+use crate::error::{DataError, Result};
+use crate::processor::{decode_image, open_image, Message};
+pub use format::{DatasetFormat, FormatKind};
+
+/// Where an example's image comes from. Decoding happens on the loader's worker threads.
+#[derive(Clone, Debug)]
+pub enum ImageSource {
+    /// Encoded bytes (a parquet `{bytes, path}` cell), with a name for errors.
+    Bytes {
+        /// PNG/JPEG/WebP bytes.
+        bytes: Arc<Vec<u8>>,
+        /// Dataset file and row, for error messages.
+        origin: String,
+    },
+    /// A file on disk.
+    Path(PathBuf),
+    /// An image already in memory (synthetic data).
+    Image(Arc<DynamicImage>),
+}
+
+impl ImageSource {
+    /// Decodes the image.
+    pub fn load(&self) -> Result<DynamicImage> {
+        match self {
+            Self::Bytes { bytes, origin } => decode_image(bytes, origin),
+            Self::Path(path) => open_image(path),
+            Self::Image(img) => Ok((**img).clone()),
+        }
+    }
+
+    /// A short description for errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Bytes { origin, .. } => origin.clone(),
+            Self::Path(p) => p.display().to_string(),
+            Self::Image(_) => "in-memory image".into(),
+        }
+    }
+}
+
+/// The text of an example, in one of TRL's conversational forms.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Conversation {
+    /// Language modelling: a whole chat (`{"messages": [...]}`).
+    Messages(Vec<Message>),
+    /// A prompt and its completion (`{"prompt": [...], "completion": [...]}`).
+    PromptCompletion {
+        /// The prompt turns (ending with the user's).
+        prompt: Vec<Message>,
+        /// The answer turn(s).
+        completion: Vec<Message>,
+    },
+}
+
+/// One supervised example: images and a conversation with `<image>` parts in image order.
+#[derive(Clone, Debug)]
+pub struct SftExample {
+    /// The images, in the order of the conversation's image parts.
+    pub images: Vec<ImageSource>,
+    /// The text.
+    pub conversation: Conversation,
+    /// Where it came from (file:row), for errors.
+    pub origin: String,
+}
+
+/// One preference example (DPO): a prompt with images, a chosen and a rejected answer.
+#[derive(Clone, Debug)]
+pub struct PreferenceExample {
+    /// The images.
+    pub images: Vec<ImageSource>,
+    /// Prompt turns.
+    pub prompt: Vec<Message>,
+    /// The preferred answer.
+    pub chosen: Vec<Message>,
+    /// The dispreferred answer.
+    pub rejected: Vec<Message>,
+    /// Where it came from.
+    pub origin: String,
+}
+
+/// Checks that a dataset is not empty, naming its source.
+pub fn ensure_not_empty<T>(examples: &[T], source: &str) -> Result<()> {
+    if examples.is_empty() {
+        return Err(DataError::Dataset {
+            source_name: source.into(),
+            message: "the dataset has no examples".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Where a dataset comes from, parsed from a command-line / config string.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DatasetSource {
+    /// `synthetic`: generated charts.
+    Synthetic,
+    /// A `.jsonl` file, a `.parquet` file, or a folder of parquet files.
+    Path(PathBuf),
+    /// `owner/name`: a Hub dataset's parquet files.
+    Hub(String),
+}
+
+impl DatasetSource {
+    /// Parses `synthetic`, an existing path, or a Hub id.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec == "synthetic" || spec == "synthetic-charts" {
+            return Ok(Self::Synthetic);
+        }
+        let path = PathBuf::from(spec);
+        if path.exists() {
+            return Ok(Self::Path(path));
+        }
+        let parts: Vec<&str> = spec.split('/').collect();
+        let is_file_name = [".jsonl", ".json", ".parquet"]
+            .iter()
+            .any(|e| spec.ends_with(e));
+        if parts.len() == 2 && parts.iter().all(|p| !p.is_empty()) && !is_file_name {
+            return Ok(Self::Hub(spec.to_string()));
+        }
+        Err(DataError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such dataset file or folder",
+            ),
+        })
+    }
+
+    /// The parquet files of a split of a local folder (recursively) or of a Hub dataset.
+    pub fn parquet_files(&self, split: &str) -> Result<Vec<PathBuf>> {
+        match self {
+            Self::Hub(repo) => hub::fetch_parquet_split(repo, split),
+            Self::Path(p) if p.is_file() => Ok(vec![p.clone()]),
+            Self::Path(dir) => {
+                let mut all = Vec::new();
+                collect_files(dir, "parquet", &mut all)?;
+                all.sort();
+                let split_files: Vec<PathBuf> = all
+                    .iter()
+                    .filter(|p| {
+                        hub::is_split_shard(
+                            &p.strip_prefix(dir).unwrap_or(p).to_string_lossy(),
+                            split,
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                Ok(if split_files.is_empty() {
+                    all
+                } else {
+                    split_files
+                })
+            }
+            Self::Synthetic => Ok(Vec::new()),
+        }
+    }
+}
+
+fn collect_files(dir: &std::path::Path, ext: &str, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            collect_files(&p, ext, out)?;
+        } else if p.extension().is_some_and(|e| e == ext) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Loads supervised examples from a JSONL file, parquet file(s) or a Hub dataset.
+pub fn load_sft(
+    source: &DatasetSource,
+    format: &DatasetFormat,
+    split: &str,
+) -> Result<Vec<SftExample>> {
+    let examples = match source {
+        DatasetSource::Path(p) if p.extension().is_some_and(|e| e == "jsonl" || e == "json") => {
+            jsonl::load_sft(p, format)?
+        }
+        DatasetSource::Synthetic => {
+            return Err(DataError::Dataset {
+                source_name: "synthetic".into(),
+                message: "synthetic data is generated with dataset::synthetic".into(),
+            })
+        }
+        other => parquet::load_sft(&other.parquet_files(split)?, format)?,
+    };
+    ensure_not_empty(&examples, &format!("{source:?}"))?;
+    Ok(examples)
+}
+
+/// Loads preference examples from a JSONL file, parquet file(s) or a Hub dataset.
+pub fn load_preference(
+    source: &DatasetSource,
+    format: &DatasetFormat,
+    split: &str,
+) -> Result<Vec<PreferenceExample>> {
+    let examples = match source {
+        DatasetSource::Path(p) if p.extension().is_some_and(|e| e == "jsonl" || e == "json") => {
+            jsonl::load_preference(p, format)?
+        }
+        DatasetSource::Synthetic => {
+            return Err(DataError::Dataset {
+                source_name: "synthetic".into(),
+                message: "synthetic data is generated with dataset::synthetic".into(),
+            })
+        }
+        other => parquet::load_preference(&other.parquet_files(split)?, format)?,
+    };
+    ensure_not_empty(&examples, &format!("{source:?}"))?;
+    Ok(examples)
+}

@@ -1,0 +1,124 @@
+//! Hugging Face parquet files (`datasets`' layout: images as `{bytes, path}` structs).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::{Field, List, Map, Row as PqRow};
+
+use crate::dataset::cell::Cell;
+use crate::dataset::format::{DatasetFormat, Row};
+use crate::dataset::{PreferenceExample, SftExample};
+use crate::error::{DataError, Result};
+
+fn field_to_cell(f: &Field) -> Cell {
+    match f {
+        Field::Null => Cell::Null,
+        Field::Bool(b) => Cell::Bool(*b),
+        Field::Byte(v) => Cell::Int(i64::from(*v)),
+        Field::Short(v) => Cell::Int(i64::from(*v)),
+        Field::Int(v) => Cell::Int(i64::from(*v)),
+        Field::Long(v) => Cell::Int(*v),
+        Field::UByte(v) => Cell::Int(i64::from(*v)),
+        Field::UShort(v) => Cell::Int(i64::from(*v)),
+        Field::UInt(v) => Cell::Int(i64::from(*v)),
+        Field::ULong(v) => Cell::Int(*v as i64),
+        Field::Float(v) => Cell::Float(f64::from(*v)),
+        Field::Double(v) => Cell::Float(*v),
+        Field::Str(s) => Cell::Str(s.clone()),
+        Field::Bytes(b) => Cell::Bytes(b.data().to_vec()),
+        Field::Group(row) => Cell::Map(row_to_map(row)),
+        Field::ListInternal(list) => Cell::List(list_cells(list)),
+        Field::MapInternal(map) => map_cells(map),
+        other => Cell::Str(other.to_string()),
+    }
+}
+
+fn list_cells(list: &List) -> Vec<Cell> {
+    list.elements().iter().map(field_to_cell).collect()
+}
+
+fn map_cells(map: &Map) -> Cell {
+    Cell::Map(
+        map.entries()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string().trim_matches('"').to_string(),
+                    field_to_cell(v),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn row_to_map(row: &PqRow) -> BTreeMap<String, Cell> {
+    row.get_column_iter()
+        .map(|(name, field)| (name.clone(), field_to_cell(field)))
+        .collect()
+}
+
+/// Reads every row of a parquet file.
+pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
+    let err = |message: String| DataError::Dataset {
+        source_name: path.display().to_string(),
+        message,
+    };
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| err(format!("not a readable parquet file: {e}")))?;
+    let iter = reader
+        .get_row_iter(None)
+        .map_err(|e| err(format!("cannot read rows: {e}")))?;
+    let mut rows = Vec::new();
+    for (i, row) in iter.enumerate() {
+        let row = row.map_err(|e| err(format!("row {i}: {e}")))?;
+        rows.push((format!("{}:row {i}", path.display()), row_to_map(&row)));
+    }
+    Ok(rows)
+}
+
+/// Reads supervised examples from parquet files.
+pub fn load_sft(paths: &[std::path::PathBuf], format: &DatasetFormat) -> Result<Vec<SftExample>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for (origin, cells) in read_rows(path)? {
+            out.push(
+                Row {
+                    cells: &cells,
+                    origin,
+                    base_dir: base,
+                }
+                .to_sft(format)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Reads preference examples from parquet files.
+pub fn load_preference(
+    paths: &[std::path::PathBuf],
+    format: &DatasetFormat,
+) -> Result<Vec<PreferenceExample>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for (origin, cells) in read_rows(path)? {
+            out.push(
+                Row {
+                    cells: &cells,
+                    origin,
+                    base_dir: base,
+                }
+                .to_preference(format)?,
+            );
+        }
+    }
+    Ok(out)
+}
