@@ -188,14 +188,16 @@ impl SftCollator {
         let prompt_text = self.processor.apply_chat_template(prompt, true)?;
         let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
         let full = self.processor.apply_chat_template(&all, false)?;
-        let completion_text = full.strip_prefix(prompt_text.as_str()).ok_or_else(|| {
-            DataError::Sample {
+        let completion_text =
+            full.strip_prefix(prompt_text.as_str())
+                .ok_or_else(|| {
+                    DataError::Sample {
                 origin: origin.into(),
                 message:
                     "the chat template renders the prompt differently inside the full conversation"
                         .into(),
             }
-        })?;
+                })?;
         Ok((prompt_text, completion_text.to_string()))
     }
 

@@ -1,0 +1,254 @@
+//! `TrainingArgs`: the fields of transformers' `TrainingArguments` / TRL's `SFTConfig` that
+//! vlmtune implements, with the same names and TRL's defaults.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Learning-rate schedule (transformers' `lr_scheduler_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerType {
+    /// Linear decay to 0 after warm-up.
+    #[default]
+    Linear,
+    /// Half-cosine decay to 0 after warm-up.
+    Cosine,
+    /// Constant.
+    Constant,
+    /// Linear warm-up, then constant.
+    ConstantWithWarmup,
+}
+
+fn d_output_dir() -> PathBuf {
+    PathBuf::from("runs/sft")
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_one() -> usize {
+    1
+}
+fn d_epochs() -> f64 {
+    3.0
+}
+fn d_max_steps() -> i64 {
+    -1
+}
+fn d_lr() -> f64 {
+    2e-5
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_max_grad_norm() -> f64 {
+    1.0
+}
+fn d_logging_steps() -> usize {
+    10
+}
+fn d_save_steps() -> usize {
+    500
+}
+fn d_seed() -> u64 {
+    42
+}
+fn d_workers() -> usize {
+    2
+}
+fn d_cache_mb() -> usize {
+    1024
+}
+
+/// Training settings. Defaults are TRL's `SFTConfig` defaults (learning rate 2e-5,
+/// logging every 10 steps, ...); `gradient_checkpointing` and `bf16` default off here since
+/// they pay off only on GPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingArgs {
+    /// Where checkpoints, metrics and the final model go.
+    #[serde(default = "d_output_dir")]
+    pub output_dir: PathBuf,
+    /// Examples per micro-batch.
+    #[serde(default = "d_batch")]
+    pub per_device_train_batch_size: usize,
+    /// Examples per evaluation batch.
+    #[serde(default = "d_batch")]
+    pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "d_one")]
+    pub gradient_accumulation_steps: usize,
+    /// Passes over the data (fractions allowed).
+    #[serde(default = "d_epochs")]
+    pub num_train_epochs: f64,
+    /// Optimizer steps; overrides `num_train_epochs` when positive.
+    #[serde(default = "d_max_steps")]
+    pub max_steps: i64,
+    /// Peak learning rate.
+    #[serde(default = "d_lr")]
+    pub learning_rate: f64,
+    /// Schedule after warm-up.
+    #[serde(default)]
+    pub lr_scheduler_type: SchedulerType,
+    /// Warm-up as a fraction of all steps (used when `warmup_steps` is 0).
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Warm-up steps.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (not on biases and norms).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// AdamW β₁.
+    #[serde(default = "d_beta1")]
+    pub adam_beta1: f64,
+    /// AdamW β₂.
+    #[serde(default = "d_beta2")]
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    #[serde(default = "d_eps")]
+    pub adam_epsilon: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    #[serde(default = "d_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Log every this many optimizer steps.
+    #[serde(default = "d_logging_steps")]
+    pub logging_steps: usize,
+    /// Save a checkpoint every this many steps (0 disables).
+    #[serde(default = "d_save_steps")]
+    pub save_steps: usize,
+    /// Keep at most this many checkpoints (oldest deleted first).
+    #[serde(default)]
+    pub save_total_limit: Option<usize>,
+    /// Evaluate every this many steps (none: only at the end, when an eval set exists).
+    #[serde(default)]
+    pub eval_steps: Option<usize>,
+    /// Seed of initialisation, shuffling and dropout.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// bf16 compute (CUDA builds).
+    #[serde(default)]
+    pub bf16: bool,
+    /// Recompute activations in backward (burn's checkpointing strategy).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// A checkpoint folder to resume from, or `true`/`"latest"` for the newest in `output_dir`.
+    #[serde(default)]
+    pub resume_from_checkpoint: Option<String>,
+    /// Background data threads.
+    #[serde(default = "d_workers")]
+    pub dataloader_num_workers: usize,
+    /// Reuse vision features across epochs when the vision tower is frozen.
+    #[serde(default = "default_true")]
+    pub cache_image_features: bool,
+    /// Memory budget of that cache.
+    #[serde(default = "d_cache_mb")]
+    pub feature_cache_max_mb: usize,
+    /// Show a progress bar.
+    #[serde(default = "default_true")]
+    pub progress_bar: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TrainingArgs {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl TrainingArgs {
+    /// Checks the settings; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: &str| {
+            Err(TrainError::Config {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        if self.per_device_train_batch_size == 0 {
+            return bad("per_device_train_batch_size", "must be positive");
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps", "must be positive");
+        }
+        if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
+            return bad(
+                "num_train_epochs",
+                "must be positive when max_steps is not set",
+            );
+        }
+        if !(self.learning_rate >= 0.0 && self.learning_rate.is_finite()) {
+            return bad("learning_rate", "must be a non-negative number");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", "must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            return bad("adam_beta1", "betas must be in [0, 1)");
+        }
+        if self.logging_steps == 0 {
+            return bad("logging_steps", "must be positive");
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps per epoch for `batches` micro-batches per epoch.
+    pub fn steps_per_epoch(&self, batches: usize) -> usize {
+        batches.div_ceil(self.gradient_accumulation_steps).max(1)
+    }
+
+    /// Total optimizer steps.
+    pub fn total_steps(&self, batches_per_epoch: usize) -> usize {
+        if self.max_steps > 0 {
+            self.max_steps as usize
+        } else {
+            (self.num_train_epochs * self.steps_per_epoch(batches_per_epoch) as f64).ceil() as usize
+        }
+    }
+
+    /// Warm-up steps: `warmup_steps`, else `ceil(warmup_ratio · total)`.
+    pub fn warmup(&self, total_steps: usize) -> usize {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total_steps as f64).ceil() as usize
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_step_counts() {
+        let a = TrainingArgs::default();
+        assert_eq!(a.learning_rate, 2e-5);
+        assert_eq!(a.per_device_train_batch_size, 8);
+        assert_eq!(a.lr_scheduler_type, SchedulerType::Linear);
+        assert_eq!(a.max_grad_norm, 1.0);
+        let a = TrainingArgs {
+            gradient_accumulation_steps: 4,
+            num_train_epochs: 1.5,
+            warmup_ratio: 0.1,
+            ..a
+        };
+        assert_eq!(a.steps_per_epoch(10), 3);
+        assert_eq!(a.total_steps(10), 5);
+        assert_eq!(a.warmup(5), 1);
+        let a: TrainingArgs =
+            toml::from_str("learning_rate = 0.001\nlr_scheduler_type = \"cosine\"").unwrap();
+        assert_eq!(a.lr_scheduler_type, SchedulerType::Cosine);
+        assert!(toml::from_str::<TrainingArgs>("lr_scheduler_type = \"weird\"").is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! One SFT step against TRL's SFTTrainer (fixtures from `scripts/reference/sft_fixtures.py`):
+//! loss, grad norm, token accuracy and the updated LoRA weights, for a batch of 2 and for
+//! batch 1 with gradient accumulation 2; plus exact resume and bad-input errors.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{fixture_path, max_abs_diff, Fixture, AB};
+use vlmtune_data::collate::{CollatorConfig, SftCollator, TooLong};
+use vlmtune_data::dataset::jsonl;
+use vlmtune_data::{DatasetFormat, Processor, SftExample};
+use vlmtune_model::load_dir;
+use vlmtune_peft::{load_adapter, LoraConfig};
+use vlmtune_train::{SftTrainer, TrainingArgs};
+
+fn examples() -> Vec<SftExample> {
+    jsonl::load_sft(&fixture_path("sft/data.jsonl"), &DatasetFormat::default()).unwrap()
+}
+
+fn collator(config: CollatorConfig) -> Arc<SftCollator> {
+    Arc::new(SftCollator::new(
+        Processor::from_dir(&fixture_path("tiny-smolvlm")).unwrap(),
+        config,
+    ))
+}
+
+fn trainer(args: TrainingArgs, data: Vec<SftExample>) -> SftTrainer<AB> {
+    let mut model = load_dir::<AB>(&fixture_path("tiny-smolvlm"), &Default::default()).unwrap();
+    let config: LoraConfig =
+        load_adapter(&mut model, &fixture_path("sft/initial-adapter"), "default").unwrap();
+    SftTrainer::new(
+        model,
+        args,
+        collator(CollatorConfig::default()),
+        data,
+        Default::default(),
+    )
+    .unwrap()
+    .with_adapter(config)
+}
+
+fn args(batch: usize, accumulation: usize, dir: &std::path::Path) -> TrainingArgs {
+    TrainingArgs {
+        output_dir: dir.to_path_buf(),
+        per_device_train_batch_size: batch,
+        gradient_accumulation_steps: accumulation,
+        max_steps: 1,
+        learning_rate: 1e-2,
+        logging_steps: 1,
+        save_steps: 0,
+        progress_bar: false,
+        seed: 0,
+        ..TrainingArgs::default()
+    }
+}
+
+#[test]
+fn one_step_matches_trl_with_and_without_accumulation() {
+    let fx = Fixture::open("sft/trl_step.safetensors");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_path("sft/trl_step.json")).unwrap())
+            .unwrap();
+    let mut updated = Vec::new();
+    for (name, batch, accumulation) in [("batch2", 2, 1), ("accum2", 1, 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = trainer(
+            args(batch, accumulation, tmp.path()),
+            examples()[..2].to_vec(),
+        );
+        let losses = t.train().unwrap();
+        let want = &metrics[name];
+        let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
+        let log = t.state.log_history[0].clone();
+        eprintln!(
+            "{name}: loss {} vs {}, grad_norm {} vs {}",
+            losses[0], want["loss"], log["grad_norm"], want["grad_norm"]
+        );
+        assert!(
+            rel(losses[0], want["loss"].as_f64().unwrap()) <= 1e-5,
+            "{name}: loss"
+        );
+        assert!(
+            rel(
+                log["grad_norm"].as_f64().unwrap(),
+                want["grad_norm"].as_f64().unwrap()
+            ) <= 1e-5,
+            "{name}: grad_norm"
+        );
+        assert_eq!(
+            log["learning_rate"].as_f64().unwrap(),
+            want["learning_rate"].as_f64().unwrap()
+        );
+        assert_eq!(
+            log["num_tokens"].as_f64().unwrap(),
+            want["num_tokens"].as_f64().unwrap()
+        );
+        assert!(
+            (log["mean_token_accuracy"].as_f64().unwrap()
+                - want["mean_token_accuracy"].as_f64().unwrap())
+            .abs()
+                < 1e-9
+        );
+
+        let tensors = vlmtune_peft::io::adapter_tensors(&t.model, "default");
+        let mut worst = 0.0f32;
+        for tensor in &tensors {
+            let (reference, _) = fx.f32(&format!("{name}.{}", tensor.name));
+            let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            worst = worst.max(max_abs_diff(&tensor.values, &reference) / scale);
+        }
+        eprintln!("{name}: updated LoRA weights max relative error {worst:.2e}");
+        assert!(worst <= 1e-5, "{name}: updated weights differ by {worst}");
+        updated.push(tensors);
+    }
+    // Accumulating 2 x 1 gives the update of one batch of 2.
+    for (a, b) in updated[0].iter().zip(&updated[1]) {
+        assert!(max_abs_diff(&a.values, &b.values) <= 1e-6, "{}", a.name);
+    }
+}
+
+#[test]
+fn resuming_reproduces_the_uninterrupted_run() {
+    let data = examples();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let mut a = args(1, 1, straight_dir.path());
+    a.max_steps = 6;
+    a.learning_rate = 5e-3;
+    a.warmup_steps = 2;
+    let straight = trainer(a.clone(), data.clone()).train().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = a.clone();
+    first.output_dir = dir.path().to_path_buf();
+    first.save_steps = 3;
+    let mut t = trainer(first.clone(), data.clone());
+    t.stop_after = Some(3);
+    let head = t.train().unwrap();
+    assert!(dir
+        .path()
+        .join("checkpoint-3/adapter_model.safetensors")
+        .is_file());
+    assert!(dir.path().join("checkpoint-3/trainer_state.json").is_file());
+
+    let mut second = first;
+    second.resume_from_checkpoint = Some("latest".into());
+    let tail = trainer(second, data).train().unwrap();
+    assert_eq!(head, straight[..3].to_vec());
+    assert_eq!(
+        tail,
+        straight[3..].to_vec(),
+        "losses after resuming equal the uninterrupted run"
+    );
+}
+
+#[test]
+fn bad_data_gives_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let row = |image: &str| {
+        format!(
+            r#"{{"images": ["{image}"], "prompt": [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "q"}}]}}], "completion": [{{"role": "assistant", "content": [{{"type": "text", "text": "a"}}]}}]}}"#
+        )
+    };
+    // missing image file
+    let err = jsonl::load_sft(
+        &write("missing.jsonl", &row("nope.png")),
+        &DatasetFormat::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("nope.png") && err.contains("missing.jsonl:1"),
+        "{err}"
+    );
+    // corrupt image
+    write("broken.png", "not an image");
+    let data = jsonl::load_sft(
+        &write("corrupt.jsonl", &row("broken.png")),
+        &DatasetFormat::default(),
+    )
+    .unwrap();
+    let err = collator(CollatorConfig::default())
+        .encode(&data[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.png") && err.contains("decode"),
+        "{err}"
+    );
+    // empty dataset
+    let err = vlmtune_data::dataset::load_sft(
+        &vlmtune_data::DatasetSource::Path(write("empty.jsonl", "\n")),
+        &DatasetFormat::default(),
+        "train",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no examples"), "{err}");
+    // unknown column
+    let format = DatasetFormat {
+        prompt_field: Some("question".into()),
+        ..DatasetFormat::default()
+    };
+    let err = jsonl::load_sft(&fixture_path("sft/data.jsonl"), &format)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown column `question`") && err.contains("completion, images, prompt"),
+        "{err}"
+    );
+    // longer than max_length: an error, or a counted skip
+    let short = CollatorConfig {
+        max_length: Some(20),
+        too_long: TooLong::Error,
+        ..CollatorConfig::default()
+    };
+    let err = collator(short.clone())
+        .encode(&examples()[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_length 20") && err.contains("data.jsonl:1"),
+        "{err}"
+    );
+    let skipping = collator(CollatorConfig {
+        too_long: TooLong::Skip,
+        ..short
+    });
+    assert!(skipping.encode(&examples()[0]).unwrap().is_none());
+    assert_eq!(skipping.skipped(), 1);
+    // nothing trainable
+    let model = load_dir::<AB>(&fixture_path("tiny-smolvlm"), &Default::default()).unwrap();
+    let err = SftTrainer::new(
+        model,
+        args(1, 1, tmp.path()),
+        collator(CollatorConfig::default()),
+        examples(),
+        Default::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("nothing to train"), "{err}");
+}
