@@ -32,11 +32,11 @@ fn main() {
         shape: [1, 1, 3, 512, 512],
         pixel_attention_mask: None,
     };
-    let forward = || {
+    let mut forward = || {
         let logits = model.forward(&tokens, Some(&pixels)).unwrap();
         let _ = logits.into_data();
     };
-    let secs = common::median_secs(5, forward);
+    let secs = common::median_secs(5, &mut forward);
     common::report(
         "forward",
         "SmolVLM-256M forward, 1 tile, f32",
@@ -45,6 +45,6 @@ fn main() {
     );
 
     let mut c = Criterion::default().sample_size(10).configure_from_args();
-    c.bench_function("forward_256m_one_tile", |b| b.iter(forward));
+    c.bench_function("forward_256m_one_tile", |b| b.iter(&mut forward));
     c.final_summary();
 }

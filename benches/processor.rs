@@ -28,13 +28,13 @@ fn main() {
     let mut c = Criterion::default().sample_size(10).configure_from_args();
     for (w, h) in [(512u32, 512u32), (1024, 768)] {
         let img = test_image(w, h);
-        let run = || {
+        let mut run = || {
             processor
                 .call(&[text], &[vec![img.clone()]], ProcessOptions::default())
                 .unwrap()
         };
         let per_s = 1.0
-            / common::median_secs(5, || {
+            / common::median_secs(5, &mut || {
                 run();
             });
         print!("processor {w}x{h}: vlmtune {per_s:.2} images/s");
@@ -49,7 +49,7 @@ fn main() {
             }
         }
         println!();
-        c.bench_function(&format!("processor_256m_{w}x{h}"), |b| b.iter(run));
+        c.bench_function(&format!("processor_256m_{w}x{h}"), |b| b.iter(&mut run));
     }
     c.final_summary();
 }

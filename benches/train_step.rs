@@ -1,20 +1,25 @@
 //! Training-step costs on the SmolVLM-256M architecture (random weights, f32, one 512x512
-//! tile, batch 1): forward + backward with LoRA r=8 on the text attention against a full
-//! fine-tune, next to PyTorch + PEFT (`scripts/reference/bench_train_step.py`).
+//! tile, batch 1), next to PyTorch + PEFT (`scripts/reference/bench_train_step.py`):
+//! * `lora` / `full`: forward + backward with LoRA r=8 on the text attention, and as a full
+//!   fine-tune;
+//! * `sft` / `sft-gc`: one whole SFT optimizer step (forward, backward, AdamW) with that
+//!   LoRA, without and with gradient checkpointing (burn's `BalancedCheckpointing`).
 //!
 //! Each mode runs in its own process so that peak memory is its own:
 //! `cargo bench --bench train_step` (all modes) or `-- --mode lora` (one).
 
 mod common;
 
-use burn::tensor::backend::Backend;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::tensor::backend::AutodiffBackend;
 use vlmtune::model::{causal_lm_loss, Preset, SmolVlm, Trainable};
 use vlmtune::peft::{add_adapter, LoraPreset};
 use vlmtune::prelude::{PixelBatch, TokenBatch};
 
 type AB = burn::backend::Autodiff<burn::backend::NdArray>;
+type ABCheckpointed = burn::backend::Autodiff<burn::backend::NdArray, BalancedCheckpointing>;
 
-const MODES: [&str; 2] = ["lora", "full"];
+const MODES: [&str; 4] = ["lora", "full", "sft", "sft-gc"];
 
 fn one_tile_prompt(image_seq_len: usize) -> Vec<u32> {
     let mut ids = vec![1, 11126, 42, 49189, 49152];
@@ -26,22 +31,27 @@ fn one_tile_prompt(image_seq_len: usize) -> Vec<u32> {
 }
 
 fn run_mode(mode: &str) {
+    match mode {
+        "sft-gc" => run::<ABCheckpointed>(mode),
+        _ => run::<AB>(mode),
+    }
+}
+
+fn run<AB: AutodiffBackend>(mode: &str) {
     let device = Default::default();
     let config = Preset::SmolVlm256M.config();
     let mut model = SmolVlm::<AB>::init(&config, 0, &device).expect("preset builds");
     match mode {
-        "lora" => {
-            add_adapter(
-                &mut model,
-                "default",
-                &LoraPreset::TextAttention.config(8, 16.0),
-                0,
-            )
-            .unwrap();
+        "lora" | "sft" | "sft-gc" => {
+            let lora = LoraPreset::TextAttention.config(8, 16.0);
+            add_adapter(&mut model, "default", &lora, 0).unwrap();
         }
         "full" => model = model.with_trainable(Trainable::all()),
         other => panic!("unknown mode {other}"),
     }
+    let optimizer_step = mode.starts_with("sft");
+    let mut optimizer =
+        vlmtune::train::optim::AdamW::<AB::InnerBackend>::new(0.9, 0.999, 1e-8, 0.0);
     let ids = one_tile_prompt(config.image_seq_len());
     let mut labels: Vec<i64> = vec![-100; ids.len()];
     let n = ids.len();
@@ -56,14 +66,19 @@ fn run_mode(mode: &str) {
         shape: [1, 1, 3, 512, 512],
         pixel_attention_mask: None,
     };
-    let step = || {
+    let mut step = || {
         let logits = model.forward(&tokens, Some(&pixels)).unwrap();
         let loss = causal_lm_loss(logits, &labels, None).unwrap();
         let grads = loss.backward();
+        if optimizer_step {
+            let mut g = vlmtune::train::optim::collect_grads(&model, &grads);
+            vlmtune::train::optim::clip_grad_norm(&mut g, 1.0).unwrap();
+            model = optimizer.update::<AB, _>(model.clone(), g, 1e-4);
+        }
         drop(grads);
         AB::sync(&device).ok();
     };
-    let secs = common::median_secs(3, step);
+    let secs = common::median_secs(3, &mut step);
     println!(
         "{{\"mode\": \"{mode}\", \"median_s\": {secs:.3}, \"peak_rss_mib\": {:.0}}}",
         common::peak_rss_mib()
@@ -90,7 +105,15 @@ fn main() {
             ours["median_s"].as_f64().unwrap(),
             ours["peak_rss_mib"].as_f64().unwrap(),
         );
-        print!("256M forward+backward, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
+        print!(
+            "256M {}, {mode}: vlmtune",
+            if mode.starts_with("sft") {
+                "SFT step"
+            } else {
+                "forward+backward"
+            }
+        );
+        print!(" {s:.2} s, peak RSS {mib:.0} MiB");
         if let Some(r) = reference.as_ref().and_then(|r| r.get(mode)) {
             let (ts, tm) = (
                 r["median_s"].as_f64().unwrap(),

@@ -15,6 +15,12 @@ pub enum Error {
     /// Weight storage.
     #[error(transparent)]
     Quant(#[from] vlmtune_quant::QuantError),
+    /// Training.
+    #[error(transparent)]
+    Train(#[from] vlmtune_train::TrainError),
+    /// A job config file is invalid.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The result type of the facade.

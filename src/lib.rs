@@ -13,7 +13,9 @@
 //! | [`train`] | trainers |
 
 pub mod backend;
+pub mod builtin;
 pub mod error;
+pub mod jobs;
 pub mod pipeline;
 
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use vlmtune::backend::{dispatch, DeviceKind};
+use vlmtune::backend::{dispatch, dispatch_training, DeviceKind};
 
 /// Fine-tune SmolVLM / Idefics3 vision-language models: SFT, DPO, LoRA/QLoRA.
 #[derive(Parser, Debug)]
@@ -18,12 +18,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Mean loss and answer accuracy of a model (and adapter) on a dataset.
+    Eval(cli::eval::EvalArgs),
     /// Answer a prompt about images with a model (prints only the generated text).
     Generate(cli::generate::GenerateArgs),
     /// Print the architecture and parameter counts of a checkpoint or preset.
     Inspect(cli::inspect::InspectArgs),
     /// Merge an adapter into its base model and save a Hugging Face checkpoint.
     Merge(cli::merge::MergeArgs),
+    /// Supervised fine-tuning (defaults: the tiny model on synthetic charts, offline).
+    Sft(cli::sft::SftArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,16 +43,24 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,vlmtune=info,vlmtune_train=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Eval(args) => print!("{}", dispatch(cli.device, args)??),
         Command::Generate(args) => println!("{}", dispatch(cli.device, args)??),
         Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),
         Command::Merge(args) => eprintln!("{}", dispatch(cli.device, args)??),
+        Command::Sft(args) => {
+            let config = args.job_config()?;
+            let (gc, bf16) = (config.training.gradient_checkpointing, config.training.bf16);
+            let report = dispatch_training(cli.device, gc, bf16, cli::sft::SftJob(config))??;
+            println!("{}", cli::sft::summary(&report));
+        }
     }
     Ok(())
 }

@@ -306,7 +306,8 @@ fn adapter_written_by_vlmtune_is_stable() {
     let want = Fixture::open("peft/saved-by-vlmtune.safetensors")
         .f32("logits")
         .0;
-    assert!(max_abs_diff(&values, &want) <= 1e-5);
+    let err = logits_error(&values, &want, &tokens.attention_mask);
+    assert!(err <= 1e-4, "logits moved by {err} since the fixture was written");
 }
 
 fn copy_adapter(from: &Path, to: &Path) {

@@ -28,7 +28,7 @@ pub fn reference(name: &str) -> Option<serde_json::Value> {
 }
 
 /// Median of `runs` timings of `f` after one warm-up, in seconds.
-pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+pub fn median_secs(runs: usize, f: &mut impl FnMut()) -> f64 {
     f();
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {

@@ -20,22 +20,26 @@ def run(mode: str) -> dict:
     torch.manual_seed(0)
     model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
     model.config._attn_implementation = "eager"
-    if mode.startswith("lora"):
+    if mode.startswith("lora") or mode.startswith("sft"):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TEXT_ATTENTION))
     if mode.endswith("-gc"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads() if mode.startswith("lora") else None
     model.train()
     ids = one_tile_prompt()
     labels = torch.full_like(ids, -100)
     labels[:, -16:] = ids[:, -16:]
     pixels = torch.rand(1, 1, 3, 512, 512) * 2 - 1
 
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+
     def step():
         out = model(input_ids=ids, pixel_values=pixels, labels=labels)
         out.loss.backward()
+        if mode.startswith("sft"):
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
         model.zero_grad(set_to_none=True)
 
     t = time_it(step, warmup=1, runs=3)
@@ -47,7 +51,7 @@ def main() -> None:
         print(json.dumps(run(sys.argv[2])))
         return
     result = {}
-    for mode in ["lora", "full"]:
+    for mode in ["lora", "full", "sft", "sft-gc"]:
         out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True, check=True)
         result[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     write_result("train_step", result)

@@ -1,5 +1,7 @@
 //! The `vlmtune` subcommands, one file each.
 
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod sft;

@@ -38,7 +38,7 @@ impl Preset {
         }
     }
 
-    /// The model config. The tiny preset takes its vocabulary size and token ids as given.
+    /// The model config (the tiny preset matches the built-in 460-token tokenizer).
     pub fn config(self) -> VlmConfig {
         match self {
             Self::SmolVlm256M => smolvlm(
@@ -77,7 +77,7 @@ impl Preset {
                 273_768.0,
                 16384,
             ),
-            Self::Tiny => tiny_config(512, 511, 2, 0, 1),
+            Self::Tiny => tiny_config(460, 459, 420, 2, 1),
         }
     }
 }

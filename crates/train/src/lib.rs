@@ -21,4 +21,4 @@ pub mod sft;
 pub use args::{SchedulerType, TrainingArgs};
 pub use error::{Result, TrainError};
 pub use eval::relaxed_correct;
-pub use sft::{evaluate, EvalResult, SftTrainer};
+pub use sft::{evaluate, Answer, EvalResult, SftTrainer};

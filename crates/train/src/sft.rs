@@ -65,7 +65,7 @@ pub struct LossOutput<B: Backend> {
 }
 
 /// Image features of a batch, reusing `cache` when allowed.
-fn image_features<B: Backend>(
+fn image_features<B>(
     model: &SmolVlm<B>,
     batch: &TrainBatch,
     pixels: Option<&PixelBatch>,
@@ -146,8 +146,26 @@ pub struct EvalResult {
     pub loss: f64,
     /// Relaxed accuracy of generated answers (when generation ran).
     pub accuracy: Option<f64>,
-    /// `(reference, prediction)` of every generated answer.
-    pub answers: Vec<(String, String)>,
+    /// Every generated answer.
+    pub answers: Vec<Answer>,
+}
+
+/// One generated answer to a held-out prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The text of the prompt's last user turn.
+    pub question: String,
+    /// The dataset's answer.
+    pub reference: String,
+    /// The model's answer.
+    pub prediction: String,
+}
+
+impl Answer {
+    /// ChartQA's relaxed correctness of the prediction.
+    pub fn correct(&self) -> bool {
+        relaxed_correct(&self.reference, &self.prediction)
+    }
 }
 
 /// Supervised fine-tuning.
@@ -170,6 +188,8 @@ pub struct SftTrainer<AB: AutodiffBackend> {
     pub eval_max_new_tokens: usize,
     /// Where training stands.
     pub state: TrainerState,
+    /// The result of the latest evaluation.
+    pub last_eval: Option<EvalResult>,
     /// Stop (as if interrupted) after this optimizer step, keeping the schedule of the full
     /// run; used to test and demonstrate resuming.
     pub stop_after: Option<usize>,
@@ -231,6 +251,7 @@ impl<AB: AutodiffBackend> SftTrainer<AB> {
             eval_max_new_tokens: 16,
             state: TrainerState::default(),
             stop_after: None,
+            last_eval: None,
             device,
         })
     }
@@ -455,7 +476,7 @@ impl<AB: AutodiffBackend> SftTrainer<AB> {
                 log.step(step);
                 let epoch_f = self.state.epoch as f64
                     + self.state.batch_in_epoch as f64 / batches.max(1) as f64;
-                if step % self.args.logging_steps == 0 || step == total {
+                if step.is_multiple_of(self.args.logging_steps) || step == total {
                     let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                     let record = json!({
                         "step": step,
@@ -474,12 +495,15 @@ impl<AB: AutodiffBackend> SftTrainer<AB> {
                     window_start = Instant::now();
                 }
                 if self.eval_set.is_some()
-                    && self.args.eval_steps.is_some_and(|e| e > 0 && step % e == 0)
+                    && self
+                        .args
+                        .eval_steps
+                        .is_some_and(|e| e > 0 && step.is_multiple_of(e))
                     && step != total
                 {
                     self.log_eval(&mut log, step, epoch_f)?;
                 }
-                if self.args.save_steps > 0 && step % self.args.save_steps == 0 {
+                if self.args.save_steps > 0 && step.is_multiple_of(self.args.save_steps) {
                     self.save_checkpoint()?;
                 }
                 if step >= total {
@@ -494,7 +518,8 @@ impl<AB: AutodiffBackend> SftTrainer<AB> {
             self.state.batch_in_epoch = 0;
         }
         if self.eval_set.is_some() {
-            let epoch_f = self.state.epoch as f64;
+            let epoch_f =
+                self.state.epoch as f64 + self.state.batch_in_epoch as f64 / batches.max(1) as f64;
             self.log_eval(&mut log, self.state.global_step, epoch_f)?;
         }
         log.finish();
@@ -518,6 +543,7 @@ impl<AB: AutodiffBackend> SftTrainer<AB> {
         });
         log.record(&record)?;
         self.state.log_history.push(record);
+        self.last_eval = Some(result);
         Ok(())
     }
 
@@ -589,13 +615,8 @@ pub fn evaluate<B: Backend>(
     } else {
         Vec::new()
     };
-    let accuracy = (!answers.is_empty()).then(|| {
-        answers
-            .iter()
-            .filter(|(r, p)| relaxed_correct(r, p))
-            .count() as f64
-            / answers.len() as f64
-    });
+    let accuracy = (!answers.is_empty())
+        .then(|| answers.iter().filter(|a| a.correct()).count() as f64 / answers.len() as f64);
     Ok(EvalResult {
         loss,
         accuracy,
@@ -603,12 +624,8 @@ pub fn evaluate<B: Backend>(
     })
 }
 
-/// The reference answer text of a prompt/completion example.
-pub fn reference_answer(example: &SftExample) -> Option<(Vec<vlmtune_data::Message>, String)> {
-    let Conversation::PromptCompletion { prompt, completion } = &example.conversation else {
-        return None;
-    };
-    let text = completion.iter().map(|m| match &m.content {
+fn message_text(m: &vlmtune_data::Message) -> String {
+    match &m.content {
         vlmtune_data::processor::Content::Text(t) => t.clone(),
         vlmtune_data::processor::Content::Parts(parts) => parts
             .iter()
@@ -617,18 +634,30 @@ pub fn reference_answer(example: &SftExample) -> Option<(Vec<vlmtune_data::Messa
                 _ => None,
             })
             .collect::<String>(),
-    });
-    Some((prompt.clone(), text.collect::<Vec<_>>().join(" ")))
+    }
 }
 
-/// Greedy answers to the prompts of `examples`: `(reference, prediction)` pairs.
+/// The reference answer text of a prompt/completion example.
+pub fn reference_answer(example: &SftExample) -> Option<(Vec<vlmtune_data::Message>, String)> {
+    let Conversation::PromptCompletion { prompt, completion } = &example.conversation else {
+        return None;
+    };
+    let text = completion
+        .iter()
+        .map(message_text)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some((prompt.clone(), text))
+}
+
+/// Greedy answers to the prompts of `examples`.
 pub fn generate_answers<B: Backend>(
     model: &SmolVlm<B>,
     collator: &SftCollator,
     examples: &[SftExample],
     batch_size: usize,
     max_new_tokens: usize,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<Answer>> {
     let processor = &collator.processor;
     let mut config = GenerationConfig::for_checkpoint(None, model.config())?;
     if let Some(eos) = processor.tokenizer.eos_id() {
@@ -677,9 +706,18 @@ pub fn generate_answers<B: Backend>(
             pixel_attention_mask: Some(p.pixel_attention_mask),
         });
         let generated = generate(model, &tokens, pixels.as_ref(), &config)?;
-        for ((_, _, reference), ids) in chunk.iter().zip(generated.tokens) {
+        for ((_, prompt, reference), ids) in chunk.iter().zip(generated.tokens) {
             let text = processor.decode(&ids, true)?;
-            out.push((reference.clone(), text.trim().to_string()));
+            out.push(Answer {
+                question: prompt
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map(message_text)
+                    .unwrap_or_default(),
+                reference: reference.clone(),
+                prediction: text.trim().to_string(),
+            });
         }
     }
     Ok(out)

@@ -150,8 +150,8 @@ fn bar_chart(rng: &mut rand::rngs::StdRng, size: u32) -> ChartSample {
     plot.axes(&mut c);
     let slot = (plot.right - plot.left) / n as f64;
     for (i, (&color, &value)) in colors.iter().zip(&values).enumerate() {
-        let x0 = plot.left + slot * (i as f64 + 0.2);
-        let x1 = plot.left + slot * (i as f64 + 0.8);
+        let x0 = plot.left + slot * (i as f64 + 0.1);
+        let x1 = plot.left + slot * (i as f64 + 0.9);
         c.rect(
             x0 as i64,
             plot.y_of(f64::from(value)) as i64,
@@ -247,6 +247,16 @@ fn line_chart(rng: &mut rand::rngs::StdRng, size: u32) -> ChartSample {
     }
 }
 
+/// Expected accuracy of answering each question at random among its possible answers
+/// (bars: 2-5 colours, counts 2-5, values 1-9; lines: up/down, values 1-9), for the mix of
+/// questions [`chart`] generates: about 0.27.
+pub fn chance_accuracy() -> f64 {
+    let one_of_bars = (2..=5).map(|n| 1.0 / f64::from(n)).sum::<f64>() / 4.0;
+    let bars = (one_of_bars * 2.0 + 0.25 + 1.0 / 9.0) / 4.0;
+    let lines = (0.5 + 1.0 / 9.0) / 2.0;
+    0.7 * bars + 0.3 * lines
+}
+
 /// Chart number `index` of the stream seeded by `seed` (independent of other indices).
 pub fn chart(seed: u64, index: u64, size: u32) -> ChartSample {
     let mut rng =
@@ -318,6 +328,15 @@ mod tests {
                 assert!(PALETTE.iter().any(|(n, _)| *n == s.answer));
             }
         }
+    }
+
+    #[test]
+    fn chance_level() {
+        assert!(
+            (chance_accuracy() - 0.267_15).abs() < 1e-4,
+            "{}",
+            chance_accuracy()
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@ use tokenizers::Tokenizer;
 
 use crate::error::{DataError, Result};
 
+/// Token ids and each token's byte span in the text.
+pub type TokensWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Which side padding goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,7 +136,7 @@ impl TextTokenizer {
     }
 
     /// Tokenises `text` without special tokens, with each token's byte span in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<TokensWithOffsets> {
         let enc = self
             .tokenizer
             .encode(text, false)

@@ -1,0 +1,216 @@
+//! `vlmtune sft`: supervised fine-tuning from a TOML config (or the built-in defaults), with
+//! flags overriding config fields.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::AutodiffBackend;
+use vlmtune::backend::BackendJob;
+use vlmtune::data::FormatKind;
+use vlmtune::jobs::sft::{run_sft, LoraSection, SftJobConfig, SftReport};
+use vlmtune::peft::LoraPreset;
+
+/// Arguments of `vlmtune sft`.
+#[derive(clap::Args, Debug, Default)]
+pub struct SftArgs {
+    /// A TOML config (`[model]`, `[dataset]`, `[lora]`, `[collator]`, `[training]`); without
+    /// one, the built-in defaults: the tiny model on synthetic charts.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `tiny`, a checkpoint folder, or a Hub id (e.g. HuggingFaceTB/SmolVLM-256M-Instruct).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// `synthetic`, a .jsonl / .parquet file or folder, or a Hub dataset (e.g. HuggingFaceM4/ChartQA).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Dataset field mapping.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Train a LoRA adapter with this preset instead of the config's choice.
+    #[arg(long, value_enum)]
+    pub lora: Option<Preset>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha.
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Output folder.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Optimizer steps (overrides epochs).
+    #[arg(long)]
+    pub max_steps: Option<i64>,
+    /// Epochs.
+    #[arg(long)]
+    pub num_train_epochs: Option<f64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Micro-batch size.
+    #[arg(long)]
+    pub per_device_train_batch_size: Option<usize>,
+    /// Micro-batches per step.
+    #[arg(long)]
+    pub gradient_accumulation_steps: Option<usize>,
+    /// Log every N steps.
+    #[arg(long)]
+    pub logging_steps: Option<usize>,
+    /// Save every N steps.
+    #[arg(long)]
+    pub save_steps: Option<usize>,
+    /// Evaluate every N steps.
+    #[arg(long)]
+    pub eval_steps: Option<usize>,
+    /// Recompute activations in backward.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// bf16 compute (CUDA).
+    #[arg(long)]
+    pub bf16: bool,
+    /// Resume from a checkpoint folder, or `latest`.
+    #[arg(long)]
+    pub resume_from_checkpoint: Option<String>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Synthetic charts: training examples.
+    #[arg(long)]
+    pub num_train: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Dataset mappings.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    /// TRL's column names.
+    Trl,
+    /// ChartQA's image / query / label.
+    Chartqa,
+}
+
+/// LoRA presets.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Preset {
+    /// q/k/v/o of the text model.
+    TextAttention,
+    /// Attention + MLP of the text model.
+    TextAllLinear,
+    /// Text and vision attention + MLP.
+    VisionAndText,
+    /// Every Linear but lm_head.
+    AllLinear,
+}
+
+impl SftArgs {
+    /// The job config: file (or built-in defaults) with flags applied.
+    pub fn job_config(&self) -> anyhow::Result<SftJobConfig> {
+        let mut c = match &self.config {
+            Some(path) => SftJobConfig::from_file(path)?,
+            None => SftJobConfig::builtin(),
+        };
+        let t = &mut c.training;
+        if let Some(v) = &self.model {
+            c.model.name = v.clone();
+        }
+        if let Some(v) = &self.dataset {
+            c.dataset.source = v.clone();
+        }
+        if let Some(f) = self.format {
+            c.dataset.format = match f {
+                Format::Trl => FormatKind::Trl,
+                Format::Chartqa => FormatKind::ChartQa,
+            };
+        }
+        if let Some(p) = self.lora {
+            let preset = match p {
+                Preset::TextAttention => LoraPreset::TextAttention,
+                Preset::TextAllLinear => LoraPreset::TextAllLinear,
+                Preset::VisionAndText => LoraPreset::VisionAndText,
+                Preset::AllLinear => LoraPreset::AllLinear,
+            };
+            let mut section = c.lora.take().unwrap_or(LoraSection {
+                preset: None,
+                config: preset.config(8, 16.0),
+            });
+            section.preset = Some(preset);
+            section.config.target_modules = None;
+            c.lora = Some(section);
+        }
+        if let Some(section) = &mut c.lora {
+            if let Some(r) = self.lora_r {
+                section.config.r = r;
+            }
+            if let Some(a) = self.lora_alpha {
+                section.config.lora_alpha = a;
+            }
+        }
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(v) = self.$field.clone() { t.$field = v; })*};
+        }
+        set!(
+            output_dir,
+            max_steps,
+            num_train_epochs,
+            learning_rate,
+            per_device_train_batch_size,
+            gradient_accumulation_steps,
+            logging_steps,
+            save_steps,
+            seed
+        );
+        if let Some(v) = self.eval_steps {
+            t.eval_steps = Some(v);
+        }
+        if self.resume_from_checkpoint.is_some() {
+            t.resume_from_checkpoint = self.resume_from_checkpoint.clone();
+        }
+        t.gradient_checkpointing |= self.gradient_checkpointing;
+        t.bf16 |= self.bf16;
+        t.progress_bar &= !self.no_progress;
+        if let Some(n) = self.num_train {
+            c.dataset.num_train = n;
+        }
+        Ok(c)
+    }
+}
+
+/// Runs a prepared job config on a backend.
+pub struct SftJob(pub SftJobConfig);
+
+impl BackendJob for SftJob {
+    type Output = anyhow::Result<SftReport>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        Ok(run_sft::<B>(&self.0, device)?)
+    }
+}
+
+/// A human summary of a report.
+pub fn summary(report: &SftReport) -> String {
+    let pct = |a: Option<f64>| {
+        a.map(|v| format!("{:.1}%", 100.0 * v))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let first = report.losses.first().copied().unwrap_or(f64::NAN);
+    let last =
+        report.losses.iter().rev().take(10).sum::<f64>() / report.losses.len().clamp(1, 10) as f64;
+    let chance = report
+        .chance_accuracy
+        .map(|c| format!(" (answering at random: {:.1}%)", 100.0 * c))
+        .unwrap_or_default();
+    format!(
+        "{}\nsteps: {} in {:.0} s; loss {:.3} -> {:.3} (mean of the last 10)\nheld-out accuracy: {} before, {} after{chance} (eval loss {})\n{}saved to {}",
+        report.trainable,
+        report.losses.len(),
+        report.train_seconds,
+        first,
+        last,
+        pct(report.accuracy_before),
+        pct(report.accuracy_after),
+        report.eval_loss_after.map(|l| format!("{l:.3}")).unwrap_or_else(|| "n/a".into()),
+        crate::cli::eval::by_question(&report.answers),
+        report.saved_to.display()
+    )
+}

@@ -1,0 +1,3 @@
+//! End-to-end jobs (what the CLI subcommands run), usable from Rust too.
+
+pub mod sft;

@@ -1,0 +1,329 @@
+//! The SFT job behind `vlmtune sft`: a TOML config (model, dataset, LoRA or full fine-tune,
+//! collator, training arguments) turned into a trained adapter or model, with evaluation
+//! before and after.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use vlmtune_data::collate::{CollatorConfig, SftCollator};
+use vlmtune_data::dataset::{self, synthetic, DatasetSource};
+use vlmtune_data::{DatasetFormat, FormatKind, Processor, SftExample};
+use vlmtune_model::{load_dir, resolve_model, SmolVlm, Trainable};
+use vlmtune_peft::{add_adapter, LoraConfig, LoraPreset};
+use vlmtune_train::{SftTrainer, TrainingArgs};
+
+use crate::error::{Error, Result};
+
+/// `[model]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelSection {
+    /// `tiny` (the built-in random model), a checkpoint folder, or a Hub id.
+    pub name: String,
+    /// Seed of the tiny model's random weights.
+    pub seed: u64,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            name: "tiny".into(),
+            seed: 0,
+        }
+    }
+}
+
+/// `[dataset]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatasetSection {
+    /// `synthetic`, a `.jsonl` / `.parquet` file or folder, or a Hub dataset id.
+    pub source: String,
+    /// Field mapping: `trl` or `chartqa`.
+    pub format: FormatKind,
+    /// Column overrides on top of `format`.
+    #[serde(flatten)]
+    pub fields: DatasetFormat,
+    /// Training split (parquet folders and Hub datasets).
+    pub split: String,
+    /// Held-out split (`none` for no evaluation).
+    pub eval_split: String,
+    /// Use at most this many training examples.
+    pub max_train: Option<usize>,
+    /// Use at most this many held-out examples.
+    pub max_eval: usize,
+    /// Synthetic charts: training examples.
+    pub num_train: usize,
+    /// Synthetic charts: held-out examples.
+    pub num_eval: usize,
+    /// Synthetic charts: image side in pixels.
+    pub image_size: u32,
+    /// Synthetic charts: seed.
+    pub seed: u64,
+}
+
+impl Default for DatasetSection {
+    fn default() -> Self {
+        Self {
+            source: "synthetic".into(),
+            format: FormatKind::Trl,
+            fields: DatasetFormat::default(),
+            split: "train".into(),
+            eval_split: "test".into(),
+            max_train: None,
+            max_eval: 200,
+            num_train: 3000,
+            num_eval: 200,
+            image_size: 64,
+            seed: 1,
+        }
+    }
+}
+
+/// `[lora]`: a preset or PEFT `LoraConfig` fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraSection {
+    /// `text-attention`, `text-all-linear`, `vision-and-text` or `all-linear`
+    /// (ignored when `target_modules` is set).
+    #[serde(default)]
+    pub preset: Option<LoraPreset>,
+    /// PEFT fields (`r`, `lora_alpha`, `target_modules`, `use_dora`, ...).
+    #[serde(flatten)]
+    pub config: LoraConfig,
+}
+
+impl LoraSection {
+    /// The `LoraConfig` this section describes.
+    pub fn lora_config(&self) -> LoraConfig {
+        let mut config = self.config.clone();
+        if config.target_modules.is_none() {
+            config.target_modules = Some(
+                self.preset
+                    .unwrap_or(LoraPreset::TextAttention)
+                    .target_modules(),
+            );
+        }
+        config
+    }
+}
+
+/// The whole `sft.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SftJobConfig {
+    /// The model.
+    pub model: ModelSection,
+    /// The data.
+    pub dataset: DatasetSection,
+    /// LoRA; absent means full fine-tuning of `trainable`.
+    pub lora: Option<LoraSection>,
+    /// Parts trained in full (default: everything when there is no `[lora]`).
+    pub trainable: Option<Trainable>,
+    /// Collator settings.
+    pub collator: CollatorConfig,
+    /// Training arguments (TRL names).
+    pub training: TrainingArgs,
+    /// Most new tokens of generated evaluation answers.
+    pub eval_max_new_tokens: usize,
+}
+
+impl SftJobConfig {
+    /// The built-in defaults: the tiny model, synthetic charts, full fine-tuning tuned to
+    /// learn them in a few minutes on 2 CPU cores.
+    pub fn builtin() -> Self {
+        let mut c = Self::default();
+        c.training.output_dir = PathBuf::from("runs/sft-tiny");
+        c.training.learning_rate = 1e-3;
+        c.training.per_device_train_batch_size = 8;
+        c.training.max_steps = 2000;
+        c.training.warmup_ratio = 0.05;
+        c.training.logging_steps = 50;
+        c.training.save_steps = 500;
+        c.training.save_total_limit = Some(2);
+        c.training.eval_steps = Some(500);
+        c.training.per_device_eval_batch_size = 32;
+        c.training.weight_decay = 0.01;
+        c.collator.max_length = Some(256);
+        c.eval_max_new_tokens = 6;
+        c
+    }
+
+    /// Reads a TOML file (missing fields take TRL's defaults); errors name the file and field.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| vlmtune_data::DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let de = toml::Deserializer::parse(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            Error::Config(format!(
+                "{}: field `{}`: {}",
+                path.display(),
+                e.path(),
+                e.inner()
+            ))
+        })
+    }
+}
+
+/// What an SFT run produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftReport {
+    /// Loss of every optimizer step.
+    pub losses: Vec<f64>,
+    /// Held-out accuracy before training (relaxed), if evaluated.
+    pub accuracy_before: Option<f64>,
+    /// Held-out accuracy after training.
+    pub accuracy_after: Option<f64>,
+    /// Held-out loss after training.
+    pub eval_loss_after: Option<f64>,
+    /// Where the final adapter or model was written.
+    pub saved_to: PathBuf,
+    /// PEFT-style trainable-parameter line.
+    pub trainable: String,
+    /// Seconds spent in training.
+    pub train_seconds: f64,
+    /// The answers of the last evaluation.
+    pub answers: Vec<vlmtune_train::Answer>,
+    /// Accuracy of answering at random among each question's possible answers, for the
+    /// synthetic charts.
+    pub chance_accuracy: Option<f64>,
+}
+
+/// The checkpoint folder of `[model]` (writing the tiny model when asked for).
+pub fn model_dir<AB: AutodiffBackend>(
+    config: &SftJobConfig,
+    device: &AB::Device,
+) -> Result<PathBuf> {
+    if config.model.name == "tiny" {
+        let dir = config.training.output_dir.join("base-model");
+        crate::builtin::write_tiny_checkpoint::<AB::InnerBackend>(&dir, config.model.seed, device)?;
+        return Ok(dir);
+    }
+    Ok(resolve_model(&config.model.name)?)
+}
+
+/// Train and held-out examples of `[dataset]`.
+pub fn load_examples(config: &DatasetSection) -> Result<(Vec<SftExample>, Vec<SftExample>)> {
+    let source = DatasetSource::parse(&config.source)?;
+    if source == DatasetSource::Synthetic {
+        let train = synthetic::sft_examples(config.seed, 0, config.num_train, config.image_size);
+        let eval =
+            synthetic::sft_examples(config.seed, 1_000_000, config.num_eval, config.image_size);
+        return Ok((
+            train.into_iter().map(|(e, _)| e).collect(),
+            eval.into_iter().map(|(e, _)| e).collect(),
+        ));
+    }
+    let mut format = config.format.format();
+    let f = &config.fields;
+    for (slot, value) in [
+        (&mut format.image_field, &f.image_field),
+        (&mut format.messages_field, &f.messages_field),
+        (&mut format.prompt_field, &f.prompt_field),
+        (&mut format.completion_field, &f.completion_field),
+    ] {
+        if value.is_some() {
+            *slot = value.clone();
+        }
+    }
+    format.system_prompt = f.system_prompt.clone();
+    let mut train = dataset::load_sft(&source, &format, &config.split)?;
+    if let Some(n) = config.max_train {
+        train.truncate(n);
+    }
+    let eval = if config.eval_split == "none"
+        || matches!(&source, DatasetSource::Path(p) if p.is_file())
+    {
+        Vec::new()
+    } else {
+        let mut eval = dataset::load_sft(&source, &format, &config.eval_split)?;
+        eval.truncate(config.max_eval);
+        eval
+    };
+    Ok((train, eval))
+}
+
+/// Builds the model with its adapter or trainable parts.
+pub fn prepare_model<AB: AutodiffBackend>(
+    config: &SftJobConfig,
+    dir: &Path,
+    device: &AB::Device,
+) -> Result<(SmolVlm<AB>, Option<LoraConfig>)> {
+    let mut model = load_dir::<AB>(dir, device)?;
+    let adapter = match &config.lora {
+        Some(section) => {
+            let mut lora = section.lora_config();
+            lora.base_model_name_or_path = Some(config.model.name.clone());
+            add_adapter(&mut model, "default", &lora, config.training.seed)?;
+            if let Some(parts) = config.trainable {
+                model = model.with_trainable(parts);
+            }
+            Some(lora)
+        }
+        None => {
+            model = model.with_trainable(config.trainable.unwrap_or_else(Trainable::all));
+            None
+        }
+    };
+    Ok((model, adapter))
+}
+
+/// Runs the job: evaluates, trains, evaluates, saves to `<output_dir>/final`.
+pub fn run_sft<AB: AutodiffBackend>(
+    config: &SftJobConfig,
+    device: AB::Device,
+) -> Result<SftReport> {
+    let dir = model_dir::<AB>(config, &device)?;
+    let (model, adapter) = prepare_model::<AB>(config, &dir, &device)?;
+    let processor = Processor::from_dir(&dir)?;
+    let collator = Arc::new(SftCollator::new(processor, config.collator.clone()));
+    let (train, eval) = load_examples(&config.dataset)?;
+    tracing::info!(train = train.len(), eval = eval.len(), "dataset loaded");
+    let mut trainer = SftTrainer::new(model, config.training.clone(), collator, train, device)?;
+    trainer.base_dir = Some(dir.clone());
+    trainer.eval_max_new_tokens = config.eval_max_new_tokens;
+    if let Some(lora) = adapter {
+        trainer = trainer.with_adapter(lora);
+    }
+    if !eval.is_empty() {
+        trainer = trainer.with_eval(eval);
+    }
+    let trainable = vlmtune_peft::trainable_report::<AB, _>(&trainer.model).to_string();
+    let accuracy_before = match (&trainer.eval_set, &config.training.resume_from_checkpoint) {
+        (Some(_), None) => trainer.evaluate()?.accuracy,
+        _ => None,
+    };
+    let start = std::time::Instant::now();
+    let losses = trainer.train()?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let after = if trainer.eval_set.is_some() {
+        trainer
+            .state
+            .log_history
+            .iter()
+            .rev()
+            .find(|r| r.get("eval_loss").is_some())
+            .cloned()
+    } else {
+        None
+    };
+    let saved_to = config.training.output_dir.join("final");
+    trainer.save_model(&saved_to)?;
+    let synthetic =
+        DatasetSource::parse(&config.dataset.source).ok() == Some(DatasetSource::Synthetic);
+    Ok(SftReport {
+        losses,
+        accuracy_before,
+        accuracy_after: after.as_ref().and_then(|r| r["eval_accuracy"].as_f64()),
+        eval_loss_after: after.as_ref().and_then(|r| r["eval_loss"].as_f64()),
+        saved_to,
+        trainable,
+        train_seconds,
+        answers: trainer.last_eval.map(|e| e.answers).unwrap_or_default(),
+        chance_accuracy: synthetic.then(synthetic::chance_accuracy),
+    })
+}
