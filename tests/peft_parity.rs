@@ -307,7 +307,10 @@ fn adapter_written_by_vlmtune_is_stable() {
         .f32("logits")
         .0;
     let err = logits_error(&values, &want, &tokens.attention_mask);
-    assert!(err <= 1e-4, "logits moved by {err} since the fixture was written");
+    assert!(
+        err <= 1e-4,
+        "logits moved by {err} since the fixture was written"
+    );
 }
 
 fn copy_adapter(from: &Path, to: &Path) {

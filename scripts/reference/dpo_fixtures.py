@@ -18,7 +18,7 @@ import shutil
 
 from datasets import Dataset
 from PIL import Image
-from peft import PeftModel
+from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file
 from trl import DPOConfig, DPOTrainer
 
@@ -72,14 +72,21 @@ def dataset() -> Dataset:
 
 def run(kwargs: dict):
     seed_all(0)
-    model = PeftModel.from_pretrained(load_model("smolvlm"), str(FIXTURES / "sft" / "initial-adapter"), is_trainable=True)
+    # A fresh adapter through `peft_config` makes TRL use the base model (adapters disabled) as
+    # the reference; its weights are then set to the nonzero initial adapter.
+    initial = FIXTURES / "sft" / "initial-adapter"
+    lora = LoraConfig.from_pretrained(str(initial))
+    lora.inference_mode = False
     args = DPOConfig(
         output_dir="/tmp/vlmtune-dpo-fixture", per_device_train_batch_size=2, max_steps=1, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
         save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True, seed=0,
         max_length=1024, **kwargs,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset(), processing_class=pil_processor("smolvlm"))
+    trainer = DPOTrainer(model=load_model("smolvlm"), args=args, train_dataset=dataset(),
+                         processing_class=pil_processor("smolvlm"), peft_config=lora)
+    assert "ref" not in trainer.model.peft_config
+    set_peft_model_state_dict(trainer.model, load_file(str(initial / "adapter_model.safetensors")))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h][0]
     tmp = OUT / ".tmp-adapter"

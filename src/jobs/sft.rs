@@ -285,7 +285,7 @@ pub fn run_sft<AB: AutodiffBackend>(
     tracing::info!(train = train.len(), eval = eval.len(), "dataset loaded");
     let mut trainer = SftTrainer::new(model, config.training.clone(), collator, train, device)?;
     trainer.base_dir = Some(dir.clone());
-    trainer.eval_max_new_tokens = config.eval_max_new_tokens;
+    trainer.objective.eval_max_new_tokens = config.eval_max_new_tokens;
     if let Some(lora) = adapter {
         trainer = trainer.with_adapter(lora);
     }
@@ -293,14 +293,17 @@ pub fn run_sft<AB: AutodiffBackend>(
         trainer = trainer.with_eval(eval);
     }
     let trainable = vlmtune_peft::trainable_report::<AB, _>(&trainer.model).to_string();
-    let accuracy_before = match (&trainer.eval_set, &config.training.resume_from_checkpoint) {
+    let accuracy_before = match (
+        &trainer.objective.eval_set,
+        &config.training.resume_from_checkpoint,
+    ) {
         (Some(_), None) => trainer.evaluate()?.accuracy,
         _ => None,
     };
     let start = std::time::Instant::now();
     let losses = trainer.train()?;
     let train_seconds = start.elapsed().as_secs_f64();
-    let after = if trainer.eval_set.is_some() {
+    let after = if trainer.objective.eval_set.is_some() {
         trainer
             .state
             .log_history
@@ -323,7 +326,11 @@ pub fn run_sft<AB: AutodiffBackend>(
         saved_to,
         trainable,
         train_seconds,
-        answers: trainer.last_eval.map(|e| e.answers).unwrap_or_default(),
+        answers: trainer
+            .objective
+            .last_eval
+            .map(|e| e.answers)
+            .unwrap_or_default(),
         chance_accuracy: synthetic.then(synthetic::chance_accuracy),
     })
 }

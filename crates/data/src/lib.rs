@@ -13,6 +13,7 @@ pub mod collate;
 pub mod dataset;
 pub mod error;
 pub mod loader;
+pub mod preference;
 pub mod processor;
 
 pub use collate::{CollatorConfig, EncodedExample, SftCollator, TooLong, TrainBatch, IGNORE_INDEX};
@@ -22,4 +23,5 @@ pub use dataset::{
 };
 pub use error::{DataError, Result};
 pub use loader::{epoch_batches, BatchEncoder, LoaderConfig};
+pub use preference::{EncodedPair, PreferenceBatch, PreferenceCollator};
 pub use processor::{BatchEncoding, Message, PixelValues, ProcessOptions, Processor};

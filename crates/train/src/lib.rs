@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod checkpoint;
+pub mod dpo;
 pub mod error;
 pub mod eval;
 pub mod feature_cache;
@@ -17,8 +18,11 @@ pub mod metrics;
 pub mod optim;
 pub mod schedule;
 pub mod sft;
+pub mod trainer;
 
 pub use args::{SchedulerType, TrainingArgs};
+pub use dpo::{DpoConfig, DpoLossType, DpoObjective, DpoTrainer, ReferenceSource};
 pub use error::{Result, TrainError};
 pub use eval::relaxed_correct;
-pub use sft::{evaluate, Answer, EvalResult, SftTrainer};
+pub use sft::{evaluate, Answer, EvalResult, SftObjective, SftTrainer};
+pub use trainer::{Accumulation, Objective, ObjectiveOutput, Trainer};

@@ -1,0 +1,751 @@
+//! `DpoTrainer`: direct preference optimisation with TRL's loss types and metrics on the
+//! shared [`Trainer`] loop. The reference model is by default the same model with its
+//! adapters disabled (no second copy); an explicit reference checkpoint and reference
+//! log-probabilities precomputed once (and cached to disk) are the alternatives.
+//!
+//! With `shared_prefix` (the default) each pair's image and prompt are encoded once and the
+//! KV cache is reused for the chosen and the rejected answer; the image features are also
+//! reused by the reference pass when nothing in the vision tower or connector trains. The
+//! plain path lays the batch out as TRL does (`[chosen rows; rejected rows]`, every row with
+//! its own prompt and images); both give the same numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::module::AutodiffModule;
+use burn::tensor::activation::{log_sigmoid, relu};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use vlmtune_data::preference::{EncodedPair, PreferenceBatch, PreferenceCollator};
+use vlmtune_data::processor::stack_pixels;
+use vlmtune_data::PreferenceExample;
+use vlmtune_model::loss::{target_log_probs, ShiftedTargets, IGNORE_INDEX};
+use vlmtune_model::{PixelBatch, SmolVlm, TokenBatch};
+use vlmtune_peft::set_adapters_enabled;
+
+use crate::args::TrainingArgs;
+use crate::error::{Result, TrainError};
+use crate::trainer::{Accumulation, Objective, ObjectiveOutput, Trainer};
+
+/// TRL's DPO loss types implemented by vlmtune.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoLossType {
+    /// `-log σ(β·Δ)` (the DPO paper).
+    Sigmoid,
+    /// `(Δ_c/|c| - Δ_r/|r| - 1/(2β))²` (IPO, length-normalised as TRL does).
+    Ipo,
+    /// `relu(1 - β·Δ)` (SLiC).
+    Hinge,
+    /// Label-smoothing-robust DPO (`label_smoothing`).
+    Robust,
+    /// Negative mean log-likelihood of the chosen tokens.
+    Sft,
+    /// `-log σ(β·(Δ_c/|c| - Δ_r/|r|))`.
+    SigmoidNorm,
+}
+
+/// Where reference log-probabilities come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceSource {
+    /// The policy with its adapters disabled (TRL's default for PEFT models).
+    #[default]
+    AdaptersDisabled,
+    /// Another checkpoint folder.
+    Checkpoint(PathBuf),
+}
+
+fn d_beta() -> f64 {
+    0.1
+}
+fn d_loss() -> Vec<DpoLossType> {
+    vec![DpoLossType::Sigmoid]
+}
+fn d_true() -> bool {
+    true
+}
+
+/// TRL's `DPOConfig` fields on top of [`TrainingArgs`] (`learning_rate` defaults to 1e-6
+/// there; set it in the training arguments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DpoConfig {
+    /// Temperature of the implicit reward.
+    #[serde(default = "d_beta")]
+    pub beta: f64,
+    /// Losses to combine.
+    #[serde(default = "d_loss")]
+    pub loss_type: Vec<DpoLossType>,
+    /// Weights of `loss_type` (default 1 each).
+    #[serde(default)]
+    pub loss_weights: Option<Vec<f64>>,
+    /// Label smoothing of the `robust` loss.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// The reference model.
+    #[serde(default)]
+    pub reference: ReferenceSource,
+    /// Compute the reference log-probabilities once before training (cached in
+    /// `<output_dir>/ref_logps.json`).
+    #[serde(default)]
+    pub precompute_ref_log_probs: bool,
+    /// Encode each pair's image and prompt once for both answers.
+    #[serde(default = "d_true")]
+    pub shared_prefix: bool,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl DpoConfig {
+    /// Checks the settings; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: String| {
+            Err(TrainError::Config {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.loss_type.is_empty() {
+            return bad("loss_type", "needs at least one loss".into());
+        }
+        if let Some(w) = &self.loss_weights {
+            if w.len() != self.loss_type.len() {
+                return bad(
+                    "loss_weights",
+                    format!(
+                        "{} weights for {} loss types",
+                        w.len(),
+                        self.loss_type.len()
+                    ),
+                );
+            }
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return bad(
+                "label_smoothing",
+                format!("{} is outside [0, 0.5)", self.label_smoothing),
+            );
+        }
+        if self.beta <= 0.0 {
+            return bad("beta", "must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn weights(&self) -> Vec<f64> {
+        self.loss_weights
+            .clone()
+            .unwrap_or_else(|| vec![1.0; self.loss_type.len()])
+    }
+}
+
+/// Sequence log-probabilities of a batch, rows `[chosen_0.., rejected_0..]`.
+pub struct SequenceLogps<B: Backend> {
+    /// `Σ_t log p(completion_t)` per row, `[2N]`.
+    pub logps: Tensor<B, 1>,
+    /// Completion lengths per row.
+    pub lengths: Vec<usize>,
+    /// Per-token log-probabilities of each row.
+    pub token_logps: Vec<Tensor<B, 1>>,
+    /// Per row: (Σ over tokens of the mean logit, tokens, arg-max hits).
+    pub stats: Vec<(f64, usize, usize)>,
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| TrainError::Readback(format!("{e:?}")))
+}
+
+fn pixels_of(
+    images: impl Iterator<Item = Vec<vlmtune_data::processor::ProcessedImage>> + Clone,
+) -> Option<PixelBatch> {
+    let owned: Vec<Vec<_>> = images.collect();
+    stack_pixels(owned.iter().map(Vec::as_slice)).map(|p| PixelBatch {
+        pixel_values: p.values,
+        shape: p.shape,
+        pixel_attention_mask: Some(p.pixel_attention_mask),
+    })
+}
+
+/// Log-probabilities of `rows` ([n, D] hidden states, one per target) for `targets`, split
+/// into rows of `lengths`.
+fn score_rows<B: Backend>(
+    model: &SmolVlm<B>,
+    hidden: Tensor<B, 2>,
+    targets: &[i64],
+    lengths: &[usize],
+) -> Result<(Vec<Tensor<B, 1>>, Vec<(f64, usize, usize)>)> {
+    let logits: Tensor<B, 2> = model.lm_head(hidden.unsqueeze_dim(0)).squeeze_dim(0);
+    let mean_logits = host(logits.clone().detach().mean_dim(1))?;
+    let predicted: Vec<i64> = logits
+        .clone()
+        .detach()
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
+    let logps = target_log_probs(logits, targets);
+    let mut rows = Vec::with_capacity(lengths.len());
+    let mut stats = Vec::with_capacity(lengths.len());
+    let mut start = 0;
+    for &len in lengths {
+        rows.push(logps.clone().narrow(0, start, len));
+        let hits = (start..start + len)
+            .filter(|&i| predicted[i] == targets[i])
+            .count();
+        stats.push((
+            mean_logits[start..start + len]
+                .iter()
+                .map(|v| f64::from(*v))
+                .sum(),
+            len,
+            hits,
+        ));
+        start += len;
+    }
+    Ok((rows, stats))
+}
+
+fn finish<B: Backend>(
+    rows: Vec<Tensor<B, 1>>,
+    lengths: Vec<usize>,
+    stats: Vec<(f64, usize, usize)>,
+) -> SequenceLogps<B> {
+    let sums: Vec<Tensor<B, 1>> = rows.iter().map(|r| r.clone().sum()).collect();
+    SequenceLogps {
+        logps: Tensor::cat(sums, 0),
+        lengths,
+        token_logps: rows,
+        stats,
+    }
+}
+
+/// TRL's layout: `[chosen rows; rejected rows]`, each row prompt + answer, right-padded,
+/// with its own copy of the images.
+pub fn plain_logps<B: Backend>(
+    model: &SmolVlm<B>,
+    batch: &PreferenceBatch,
+    features: Option<Tensor<B, 3>>,
+) -> Result<SequenceLogps<B>> {
+    let pairs = &batch.pairs;
+    let rows: Vec<(&EncodedPair, &Vec<u32>)> = pairs
+        .iter()
+        .map(|p| (p, &p.chosen_ids))
+        .chain(pairs.iter().map(|p| (p, &p.rejected_ids)))
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(p, c)| p.prompt_ids.len() + c.len())
+        .max()
+        .unwrap_or(0);
+    let mut tokens = TokenBatch {
+        batch_size: rows.len(),
+        seq_len: width,
+        ..TokenBatch::default()
+    };
+    let mut labels = Vec::with_capacity(rows.len() * width);
+    for (p, c) in &rows {
+        let pad = width - p.prompt_ids.len() - c.len();
+        tokens.input_ids.extend(
+            p.prompt_ids
+                .iter()
+                .chain(c.iter())
+                .copied()
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+        tokens
+            .attention_mask
+            .extend(std::iter::repeat_n(1u8, width - pad).chain(std::iter::repeat_n(0, pad)));
+        labels.extend(std::iter::repeat_n(IGNORE_INDEX, p.prompt_ids.len()));
+        labels.extend(c.iter().map(|t| i64::from(*t)));
+        labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+    }
+    let features = match features {
+        Some(f) => Some(f),
+        None => match pixels_of(rows.iter().map(|(p, _)| p.images.clone())) {
+            Some(px) => model.encode_images(&px)?.map(|f| f.features),
+            None => None,
+        },
+    };
+    let (hidden, _) = model.forward_hidden(&tokens, features.as_ref(), None, None, None)?;
+    let shifted = ShiftedTargets::from_labels(&labels, rows.len(), width)?;
+    let lengths: Vec<usize> = rows.iter().map(|(_, c)| c.len()).collect();
+    let (token_rows, stats) = score_rows(
+        model,
+        shifted.select_rows(hidden),
+        &shifted.targets,
+        &lengths,
+    )?;
+    Ok(finish(token_rows, lengths, stats))
+}
+
+/// Image features of every pair (one copy per pair), in pair order, per pair.
+fn pair_features<B: Backend>(
+    model: &SmolVlm<B>,
+    pair: &EncodedPair,
+) -> Result<Option<Tensor<B, 3>>> {
+    match pixels_of(std::iter::once(pair.images.clone())) {
+        Some(px) => Ok(model.encode_images(&px)?.map(|f| f.features)),
+        None => Ok(None),
+    }
+}
+
+/// Shared-prefix layout: per pair, the image and prompt once, then both answers from the
+/// prompt's KV cache. `features[i]` overrides pair `i`'s image features.
+pub fn shared_prefix_logps<B: Backend>(
+    model: &SmolVlm<B>,
+    batch: &PreferenceBatch,
+    features: Option<Vec<Option<Tensor<B, 3>>>>,
+) -> Result<SequenceLogps<B>> {
+    let n = batch.pairs.len();
+    let mut chosen_rows = Vec::with_capacity(n);
+    let mut rejected_rows = Vec::with_capacity(n);
+    let mut chosen_stats = Vec::with_capacity(n);
+    let mut rejected_stats = Vec::with_capacity(n);
+    for (i, pair) in batch.pairs.iter().enumerate() {
+        let f = match &features {
+            Some(list) => list.get(i).cloned().flatten(),
+            None => pair_features(model, pair)?,
+        };
+        let prompt = TokenBatch::from_rows(std::slice::from_ref(&pair.prompt_ids))?;
+        let (prefix_hidden, cache) = model.forward_hidden(&prompt, f.as_ref(), None, None, None)?;
+        let lp = pair.prompt_ids.len();
+        let d = prefix_hidden.dims()[2];
+        let last: Tensor<B, 2> = prefix_hidden.narrow(1, lp - 1, 1).reshape([1, d]);
+        let answers = [&pair.chosen_ids, &pair.rejected_ids];
+        let lc = answers.iter().map(|a| a.len()).max().unwrap_or(0);
+        let mut hidden_c = None;
+        if lc > 1 {
+            let mut cont = TokenBatch {
+                batch_size: 2,
+                seq_len: lc,
+                ..TokenBatch::default()
+            };
+            for a in answers {
+                cont.input_ids.extend(
+                    a.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0, lc - a.len())),
+                );
+                cont.attention_mask.extend(
+                    std::iter::repeat_n(1u8, a.len()).chain(std::iter::repeat_n(0, lc - a.len())),
+                );
+            }
+            let positions: Vec<i64> = (0..2)
+                .flat_map(|_| (lp..lp + lc).map(|p| p as i64))
+                .collect();
+            let (h, _) = model.forward_hidden(
+                &cont,
+                None,
+                Some(&positions),
+                Some(&cache.repeat_interleave(2)),
+                None,
+            )?;
+            hidden_c = Some(h);
+        }
+        for (r, answer) in answers.iter().enumerate() {
+            let len = answer.len();
+            let mut parts = vec![last.clone()];
+            if len > 1 {
+                if let Some(h) = &hidden_c {
+                    parts.push(
+                        h.clone()
+                            .narrow(0, r, 1)
+                            .narrow(1, 0, len - 1)
+                            .reshape([len - 1, d]),
+                    );
+                }
+            }
+            let rows = Tensor::cat(parts, 0);
+            let targets: Vec<i64> = answer.iter().map(|t| i64::from(*t)).collect();
+            let (mut token_rows, mut stats) = score_rows(model, rows, &targets, &[len])?;
+            if r == 0 {
+                chosen_rows.push(token_rows.remove(0));
+                chosen_stats.push(stats.remove(0));
+            } else {
+                rejected_rows.push(token_rows.remove(0));
+                rejected_stats.push(stats.remove(0));
+            }
+        }
+    }
+    let lengths = batch
+        .pairs
+        .iter()
+        .map(|p| p.chosen_ids.len())
+        .chain(batch.pairs.iter().map(|p| p.rejected_ids.len()))
+        .collect();
+    chosen_rows.extend(rejected_rows);
+    chosen_stats.extend(rejected_stats);
+    Ok(finish(chosen_rows, lengths, chosen_stats))
+}
+
+/// DPO's losses and metrics from policy and reference sequence log-probabilities.
+pub fn dpo_loss<B: Backend>(
+    config: &DpoConfig,
+    policy: &SequenceLogps<B>,
+    ref_chosen: &[f64],
+    ref_rejected: &[f64],
+) -> Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)> {
+    let n = ref_chosen.len();
+    let device = policy.logps.device();
+    let t = |v: &[f64]| {
+        Tensor::<B, 1>::from_data(
+            TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [v.len()]),
+            &device,
+        )
+    };
+    let pc = policy.logps.clone().narrow(0, 0, n);
+    let pr = policy.logps.clone().narrow(0, n, n);
+    let chosen_lr = pc.clone() - t(ref_chosen);
+    let rejected_lr = pr.clone() - t(ref_rejected);
+    let delta = chosen_lr.clone() - rejected_lr.clone();
+    let len_c: Vec<f64> = policy.lengths[..n]
+        .iter()
+        .map(|l| (*l).max(1) as f64)
+        .collect();
+    let len_r: Vec<f64> = policy.lengths[n..]
+        .iter()
+        .map(|l| (*l).max(1) as f64)
+        .collect();
+    let beta = config.beta;
+    let mut loss = Tensor::<B, 1>::zeros([1], &device);
+    for (kind, weight) in config.loss_type.iter().zip(config.weights()) {
+        let per_sequence = match kind {
+            DpoLossType::Sigmoid => log_sigmoid(delta.clone() * beta).neg(),
+            DpoLossType::Hinge => relu(delta.clone().mul_scalar(-beta).add_scalar(1.0)),
+            DpoLossType::Ipo => (chosen_lr.clone() / t(&len_c)
+                - rejected_lr.clone() / t(&len_r)
+                - 1.0 / (2.0 * beta))
+                .square(),
+            DpoLossType::Robust => {
+                let ls = config.label_smoothing;
+                (log_sigmoid(delta.clone() * beta) * -(1.0 - ls)
+                    + log_sigmoid(delta.clone() * -beta) * ls)
+                    / (1.0 - 2.0 * ls)
+            }
+            DpoLossType::SigmoidNorm => log_sigmoid(
+                (chosen_lr.clone() / t(&len_c) - rejected_lr.clone() / t(&len_r)) * beta,
+            )
+            .neg(),
+            DpoLossType::Sft => {
+                let chosen: Vec<Tensor<B, 1>> = policy.token_logps[..n].to_vec();
+                Tensor::cat(chosen, 0).mean().neg()
+            }
+        };
+        loss = loss + per_sequence.mean() * weight;
+    }
+    let values = |x: Tensor<B, 1>| -> Result<Vec<f64>> {
+        Ok(host(x.detach())?.into_iter().map(f64::from).collect())
+    };
+    let (pcv, prv) = (values(pc)?, values(pr)?);
+    let chosen_rewards: Vec<f64> = pcv
+        .iter()
+        .zip(ref_chosen)
+        .map(|(p, r)| beta * (p - r))
+        .collect();
+    let rejected_rewards: Vec<f64> = prv
+        .iter()
+        .zip(ref_rejected)
+        .map(|(p, r)| beta * (p - r))
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let stats = &policy.stats;
+    let logits_mean = |s: &[(f64, usize, usize)]| {
+        s.iter().map(|x| x.0).sum::<f64>() / s.iter().map(|x| x.1).sum::<usize>().max(1) as f64
+    };
+    let metrics = vec![
+        ("rewards/chosen", mean(&chosen_rewards)),
+        ("rewards/rejected", mean(&rejected_rewards)),
+        (
+            "rewards/accuracies",
+            chosen_rewards
+                .iter()
+                .zip(&rejected_rewards)
+                .filter(|(c, r)| c > r)
+                .count() as f64
+                / n.max(1) as f64,
+        ),
+        (
+            "rewards/margins",
+            mean(
+                &chosen_rewards
+                    .iter()
+                    .zip(&rejected_rewards)
+                    .map(|(c, r)| c - r)
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        ("logps/chosen", mean(&pcv)),
+        ("logps/rejected", mean(&prv)),
+        ("logits/chosen", logits_mean(&stats[..n])),
+        ("logits/rejected", logits_mean(&stats[n..])),
+        (
+            "mean_token_accuracy",
+            stats[..n].iter().map(|x| x.2).sum::<usize>() as f64
+                / stats[..n].iter().map(|x| x.1).sum::<usize>().max(1) as f64,
+        ),
+    ];
+    Ok((loss, metrics))
+}
+
+/// Where the reference numbers of a batch come from at run time.
+pub enum Reference<B: Backend> {
+    /// The policy with adapters disabled.
+    AdaptersDisabled,
+    /// A separate model.
+    Model(Box<SmolVlm<B>>),
+    /// `(chosen, rejected)` per dataset index.
+    Precomputed(HashMap<usize, (f64, f64)>),
+}
+
+/// DPO's step.
+pub struct DpoObjective<AB: AutodiffBackend> {
+    /// Settings.
+    pub config: DpoConfig,
+    /// The reference.
+    pub reference: Reference<AB::InnerBackend>,
+    /// Held-out pairs.
+    pub eval_set: Option<Arc<Vec<PreferenceExample>>>,
+    /// Encodes held-out pairs.
+    pub collator: Arc<PreferenceCollator>,
+    /// Whether the image features can be shared by policy and reference (nothing in the
+    /// vision tower or connector trains or carries an adapter).
+    pub share_features: bool,
+}
+
+impl<AB: AutodiffBackend> DpoObjective<AB> {
+    fn reference_logps(
+        &self,
+        policy: &SmolVlm<AB>,
+        batch: &PreferenceBatch,
+        shared_features: Option<&Vec<Option<Tensor<AB::InnerBackend, 3>>>>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let n = batch.pairs.len();
+        let from_model = |model: &SmolVlm<AB::InnerBackend>,
+                          features: Option<Vec<Option<Tensor<AB::InnerBackend, 3>>>>|
+         -> Result<(Vec<f64>, Vec<f64>)> {
+            let seq = if self.config.shared_prefix {
+                shared_prefix_logps(model, batch, features)?
+            } else {
+                plain_logps(model, batch, None)?
+            };
+            let v: Vec<f64> = host(seq.logps)?.into_iter().map(f64::from).collect();
+            Ok((v[..n].to_vec(), v[n..].to_vec()))
+        };
+        match &self.reference {
+            Reference::Precomputed(map) => batch
+                .pairs
+                .iter()
+                .map(|p| {
+                    map.get(&p.index)
+                        .copied()
+                        .ok_or_else(|| TrainError::Config {
+                            field: "precompute_ref_log_probs".into(),
+                            message: format!(
+                                "no reference log-probabilities for example {}",
+                                p.index
+                            ),
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(|v| v.into_iter().unzip()),
+            Reference::Model(model) => from_model(model, None),
+            Reference::AdaptersDisabled => {
+                let mut model = policy.valid();
+                set_adapters_enabled(&mut model, false)?;
+                from_model(&model, shared_features.cloned())
+            }
+        }
+    }
+
+    /// Loss and metrics of a batch under `policy`.
+    fn compute(
+        &self,
+        policy: &SmolVlm<AB>,
+        batch: &PreferenceBatch,
+    ) -> Result<(Tensor<AB, 1>, Vec<(&'static str, f64)>)> {
+        let shared: Option<Vec<Option<Tensor<AB::InnerBackend, 3>>>> =
+            if self.share_features && self.config.shared_prefix {
+                let inner = policy.valid();
+                Some(
+                    batch
+                        .pairs
+                        .iter()
+                        .map(|p| pair_features(&inner, p))
+                        .collect::<Result<_>>()?,
+                )
+            } else {
+                None
+            };
+        let seq = if self.config.shared_prefix {
+            let features = shared.as_ref().map(|list| {
+                list.iter()
+                    .map(|f| f.clone().map(Tensor::from_inner))
+                    .collect()
+            });
+            shared_prefix_logps(policy, batch, features)?
+        } else {
+            plain_logps(policy, batch, None)?
+        };
+        let (rc, rr) = self.reference_logps(policy, batch, shared.as_ref())?;
+        dpo_loss(&self.config, &seq, &rc, &rr)
+    }
+}
+
+impl<AB: AutodiffBackend> Objective<AB> for DpoObjective<AB> {
+    type Example = PreferenceExample;
+    type Encoder = PreferenceCollator;
+
+    fn items(&self, batch: &PreferenceBatch) -> usize {
+        batch.pairs.len()
+    }
+
+    fn tokens(&self, batch: &PreferenceBatch) -> usize {
+        batch.num_tokens()
+    }
+
+    fn loss(
+        &mut self,
+        model: &SmolVlm<AB>,
+        batch: &PreferenceBatch,
+        accumulation: Accumulation,
+    ) -> Result<Option<ObjectiveOutput<AB>>> {
+        if batch.pairs.is_empty() {
+            return Ok(None);
+        }
+        let (loss, metrics) = self.compute(model, batch)?;
+        // transformers divides each micro-batch's loss by the accumulation steps.
+        Ok(Some(ObjectiveOutput {
+            loss: loss / accumulation.micro_batches.max(1) as f64,
+            metrics,
+        }))
+    }
+
+    fn has_eval(&self) -> bool {
+        self.eval_set.is_some()
+    }
+
+    fn evaluate(&mut self, model: &SmolVlm<AB::InnerBackend>) -> Result<BTreeMap<String, f64>> {
+        let Some(eval) = self.eval_set.clone() else {
+            return Ok(BTreeMap::new());
+        };
+        let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let as_autodiff = SmolVlm::<AB>::from_inner(model.clone());
+        for (i, chunk) in eval.chunks(8).enumerate() {
+            let mut pairs = Vec::new();
+            for (j, ex) in chunk.iter().enumerate() {
+                if let Some(p) = self.collator.encode(ex, i * 8 + j)? {
+                    pairs.push(p);
+                }
+            }
+            if pairs.is_empty() {
+                continue;
+            }
+            let batch = PreferenceBatch { pairs };
+            let (loss, metrics) = self.compute(&as_autodiff, &batch)?;
+            let l = f64::from(host(loss)?[0]);
+            for (k, v) in metrics.into_iter().chain(std::iter::once(("loss", l))) {
+                let e = sums.entry(k.to_string()).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+            .collect())
+    }
+}
+
+/// Preference optimisation: the shared [`Trainer`] with the DPO objective.
+pub type DpoTrainer<AB> = Trainer<AB, DpoObjective<AB>>;
+
+impl<AB: AutodiffBackend> Trainer<AB, DpoObjective<AB>> {
+    /// A DPO trainer over `model` (with its trainable adapter). With
+    /// `precompute_ref_log_probs`, the reference log-probabilities of every training pair are
+    /// computed now, or read from `<output_dir>/ref_logps.json` when it matches.
+    pub fn new(
+        model: SmolVlm<AB>,
+        args: TrainingArgs,
+        config: DpoConfig,
+        collator: Arc<PreferenceCollator>,
+        train_set: Vec<PreferenceExample>,
+        device: AB::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let params = vlmtune_peft::named_params::<AB, _>(&model);
+        let share_features = !params.iter().any(|p| {
+            (p.path.starts_with("model.vision_model.") || p.path.starts_with("model.connector."))
+                && (p.trainable || !vlmtune_model::checkpoint::is_base_param(&p.path))
+        });
+        let reference = match &config.reference {
+            ReferenceSource::AdaptersDisabled => Reference::AdaptersDisabled,
+            ReferenceSource::Checkpoint(dir) => {
+                Reference::Model(Box::new(vlmtune_model::load_dir(dir, &device)?))
+            }
+        };
+        let objective = DpoObjective {
+            config,
+            reference,
+            eval_set: None,
+            collator: collator.clone(),
+            share_features,
+        };
+        let mut trainer =
+            Self::with_objective(model, args, objective, collator, train_set, device)?;
+        if trainer.objective.config.precompute_ref_log_probs {
+            trainer.precompute_reference()?;
+        }
+        Ok(trainer)
+    }
+
+    /// Adds held-out pairs.
+    pub fn with_eval(mut self, eval_set: Vec<PreferenceExample>) -> Self {
+        self.objective.eval_set = Some(Arc::new(eval_set));
+        self
+    }
+
+    fn precompute_reference(&mut self) -> Result<()> {
+        let path = self.args.output_dir.join("ref_logps.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(map) = serde_json::from_str::<HashMap<usize, (f64, f64)>>(&text) {
+                if map.len() == self.train_set.len() {
+                    self.objective.reference = Reference::Precomputed(map);
+                    return Ok(());
+                }
+            }
+        }
+        let mut map = HashMap::new();
+        let train = self.train_set.clone();
+        for (c, chunk) in train.chunks(8).enumerate() {
+            let mut pairs = Vec::new();
+            for (j, ex) in chunk.iter().enumerate() {
+                if let Some(p) = self.objective.collator.encode(ex, c * 8 + j)? {
+                    pairs.push(p);
+                }
+            }
+            let batch = PreferenceBatch { pairs };
+            let (rc, rr) = self.objective.reference_logps(&self.model, &batch, None)?;
+            for ((p, c), r) in batch.pairs.iter().zip(rc).zip(rr) {
+                map.insert(p.index, (c, r));
+            }
+        }
+        std::fs::create_dir_all(&self.args.output_dir).map_err(|source| TrainError::Io {
+            path: self.args.output_dir.clone(),
+            source,
+        })?;
+        let json = serde_json::to_string(&map).map_err(|e| TrainError::Readback(e.to_string()))?;
+        vlmtune_quant::write_atomic(&path, json.as_bytes())?;
+        self.objective.reference = Reference::Precomputed(map);
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! The training loop shared by SFT and DPO: batches from the threaded loader, gradient
+//! accumulation, clipping, AdamW on a schedule, TRL-named metrics, periodic evaluation,
+//! atomic checkpoints and exact resume. What a step computes is an [`Objective`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use serde_json::json;
+use vlmtune_data::loader::{batches_per_epoch, epoch_batches, BatchEncoder, LoaderConfig};
+use vlmtune_model::SmolVlm;
+use vlmtune_peft::{save_adapter, LoraConfig};
+use vlmtune_quant::NamedTensor;
+
+use crate::args::TrainingArgs;
+use crate::checkpoint::{self, TrainerState};
+use crate::error::{Result, TrainError};
+use crate::metrics::MetricsLog;
+use crate::optim::{accumulate, clip_grad_norm, collect_grads, AdamW, TensorMap};
+use crate::schedule::lr_lambda;
+
+/// The accumulated batch a micro-batch belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accumulation {
+    /// Sum of [`Objective::items`] over the micro-batches of the step.
+    pub items: usize,
+    /// Micro-batches in the step.
+    pub micro_batches: usize,
+}
+
+/// A micro-batch's loss (already normalised for the accumulation) and metrics.
+pub struct ObjectiveOutput<B: burn::tensor::backend::Backend> {
+    /// The loss to differentiate.
+    pub loss: Tensor<B, 1>,
+    /// Metrics averaged over micro-batches at log time (TRL names).
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// What a training step computes.
+pub trait Objective<AB: AutodiffBackend> {
+    /// A dataset example.
+    type Example: Send + Sync + 'static;
+    /// Turns examples into batches on loader threads.
+    type Encoder: BatchEncoder<Self::Example> + 'static;
+
+    /// How much this micro-batch weighs in the accumulated normalisation (SFT: label tokens).
+    fn items(&self, batch: &<Self::Encoder as BatchEncoder<Self::Example>>::Batch) -> usize;
+    /// Non-padding tokens (for `num_tokens`).
+    fn tokens(&self, batch: &<Self::Encoder as BatchEncoder<Self::Example>>::Batch) -> usize;
+    /// The loss of a micro-batch, `None` when it has nothing to learn from.
+    fn loss(
+        &mut self,
+        model: &SmolVlm<AB>,
+        batch: &<Self::Encoder as BatchEncoder<Self::Example>>::Batch,
+        accumulation: Accumulation,
+    ) -> Result<Option<ObjectiveOutput<AB>>>;
+    /// Whether there is a held-out set.
+    fn has_eval(&self) -> bool {
+        false
+    }
+    /// Held-out metrics (logged with an `eval_` prefix).
+    fn evaluate(&mut self, _model: &SmolVlm<AB::InnerBackend>) -> Result<BTreeMap<String, f64>> {
+        Ok(BTreeMap::new())
+    }
+}
+
+/// A model, an objective and the state of training them.
+pub struct Trainer<AB: AutodiffBackend, O: Objective<AB>> {
+    /// The model being trained.
+    pub model: SmolVlm<AB>,
+    /// Settings.
+    pub args: TrainingArgs,
+    /// What a step computes.
+    pub objective: O,
+    /// Batches from examples.
+    pub encoder: Arc<O::Encoder>,
+    /// Training examples.
+    pub train_set: Arc<Vec<O::Example>>,
+    /// The adapter being trained (`None`: the trainable base weights are saved instead).
+    pub adapter: Option<LoraConfig>,
+    /// The base checkpoint folder (its tokenizer/processor files are copied into saves).
+    pub base_dir: Option<PathBuf>,
+    /// Where training stands.
+    pub state: TrainerState,
+    /// Stop (as if interrupted) after this optimizer step, keeping the schedule of the full
+    /// run; used to test and demonstrate resuming.
+    pub stop_after: Option<usize>,
+    optimizer: AdamW<AB::InnerBackend>,
+    device: AB::Device,
+}
+
+impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
+    /// A trainer over `model` (adapters already added or parts marked trainable).
+    pub fn with_objective(
+        model: SmolVlm<AB>,
+        args: TrainingArgs,
+        objective: O,
+        encoder: Arc<O::Encoder>,
+        train_set: Vec<O::Example>,
+        device: AB::Device,
+    ) -> Result<Self> {
+        args.validate()?;
+        if train_set.is_empty() {
+            return Err(TrainError::Config {
+                field: "train_dataset".into(),
+                message: "the training set is empty".into(),
+            });
+        }
+        if !vlmtune_peft::named_params::<AB, _>(&model)
+            .iter()
+            .any(|p| p.trainable)
+        {
+            return Err(TrainError::Config {
+                field: "trainable".into(),
+                message: "nothing to train: add an adapter or mark parts of the model trainable"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            optimizer: AdamW::new(
+                args.adam_beta1,
+                args.adam_beta2,
+                args.adam_epsilon,
+                args.weight_decay,
+            ),
+            model,
+            args,
+            objective,
+            encoder,
+            train_set: Arc::new(train_set),
+            adapter: None,
+            base_dir: None,
+            state: TrainerState::default(),
+            stop_after: None,
+            device,
+        })
+    }
+
+    /// Records which adapter is trained (saved in PEFT format).
+    pub fn with_adapter(mut self, config: LoraConfig) -> Self {
+        self.adapter = Some(config);
+        self
+    }
+
+    /// The device.
+    pub fn device(&self) -> &AB::Device {
+        &self.device
+    }
+
+    fn loader_config(&self) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: self.args.per_device_train_batch_size,
+            shuffle: true,
+            seed: self.args.seed,
+            workers: self.args.dataloader_num_workers,
+            prefetch: 4,
+        }
+    }
+
+    /// Trainable tensors by path (what resume restores).
+    fn trainable_tensors(&self) -> Vec<NamedTensor> {
+        let trainable: std::collections::HashSet<String> =
+            vlmtune_peft::named_params::<AB, _>(&self.model)
+                .into_iter()
+                .filter(|p| p.trainable)
+                .map(|p| p.path)
+                .collect();
+        vlmtune_peft::param_values::<AB, _>(&self.model, |p| trainable.contains(p))
+    }
+
+    /// Writes the user-facing model files to `dir`: the adapter (PEFT format) or the whole
+    /// model (Hugging Face format, with the base's tokenizer and processor files).
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        match &self.adapter {
+            Some(config) => save_adapter(&self.model, "default", config, dir)?,
+            None => {
+                vlmtune_model::save_pretrained(
+                    &self.model.valid(),
+                    dir,
+                    vlmtune_quant::SaveDtype::F32,
+                )?;
+                if let Some(base) = &self.base_dir {
+                    vlmtune_model::checkpoint::copy_side_files(base, dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn save_checkpoint(&self) -> Result<PathBuf> {
+        let full_model = self.adapter.is_none();
+        checkpoint::save_checkpoint(
+            &self.args.output_dir,
+            &self.state,
+            &if full_model {
+                Vec::new()
+            } else {
+                self.trainable_tensors()
+            },
+            &self.optimizer.state_tensors()?,
+            |dir| self.save_model(dir),
+            self.args.save_total_limit,
+        )
+    }
+
+    /// Restores model weights, optimizer and position from a checkpoint folder.
+    pub fn resume(&mut self, dir: &Path) -> Result<()> {
+        let state = checkpoint::load_state(dir)?;
+        let weights_file = [checkpoint::TRAINABLE_FILE, "model.safetensors"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "no trainable.safetensors or model.safetensors".into(),
+            })?;
+        let (model, unmatched) =
+            checkpoint::set_params(self.model.clone(), checkpoint::read_named(&weights_file)?);
+        if !unmatched.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: weights_file,
+                message: format!("weights the model does not have: {}", unmatched.join(", ")),
+            });
+        }
+        self.model = model;
+        self.optimizer.load_state(
+            checkpoint::read_named(&dir.join(checkpoint::OPTIMIZER_FILE))?,
+            &self.device,
+        );
+        self.state = state;
+        Ok(())
+    }
+
+    /// Runs training to `max_steps` / `num_train_epochs`; returns the loss of every step.
+    pub fn train(&mut self) -> Result<Vec<f64>> {
+        if let Some(spec) = self.args.resume_from_checkpoint.clone() {
+            let dir = checkpoint::resolve_checkpoint(&spec, &self.args.output_dir)?;
+            self.resume(&dir)?;
+            tracing::info!(checkpoint = %dir.display(), step = self.state.global_step, "resumed");
+        }
+        let batches =
+            batches_per_epoch(self.train_set.len(), self.args.per_device_train_batch_size);
+        let total = self.args.total_steps(batches);
+        let warmup = self.args.warmup(total);
+        let report = vlmtune_peft::trainable_report::<AB, _>(&self.model);
+        tracing::info!(%report, total_steps = total, "training");
+        let mut log = MetricsLog::open(
+            &self.args.output_dir,
+            total,
+            self.state.global_step,
+            self.args.progress_bar,
+        )?;
+        let mut step_losses = Vec::new();
+        let mut window = Window::default();
+        'epochs: while self.state.global_step < total {
+            let mut batches_iter = epoch_batches(
+                self.train_set.clone(),
+                self.encoder.clone(),
+                self.loader_config(),
+                self.state.epoch,
+                self.state.batch_in_epoch,
+            );
+            loop {
+                let mut micro = Vec::new();
+                for _ in 0..self.args.gradient_accumulation_steps {
+                    match batches_iter.next() {
+                        Some((_, b)) => micro.push(b?),
+                        None => break,
+                    }
+                }
+                if micro.is_empty() {
+                    break;
+                }
+                let accumulation = Accumulation {
+                    items: micro.iter().map(|b| self.objective.items(b)).sum(),
+                    micro_batches: micro.len(),
+                };
+                let lr = self.args.learning_rate
+                    * lr_lambda(
+                        self.args.lr_scheduler_type,
+                        self.state.global_step,
+                        warmup,
+                        total,
+                    );
+                let mut grads = TensorMap::new();
+                let mut step_loss = 0.0;
+                for (m, batch) in micro.iter().enumerate() {
+                    AB::seed(
+                        &self.device,
+                        self.args.seed ^ ((self.state.global_step as u64) << 8) ^ m as u64,
+                    );
+                    let tokens = self.objective.tokens(batch);
+                    window.tokens += tokens;
+                    self.state.num_tokens += tokens as u64;
+                    let Some(out) = self.objective.loss(&self.model, batch, accumulation)? else {
+                        continue;
+                    };
+                    step_loss += scalar(out.loss.clone())?;
+                    window.add(&out.metrics);
+                    let g = out.loss.backward();
+                    accumulate(&mut grads, collect_grads(&self.model, &g));
+                }
+                if !step_loss.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: self.state.global_step + 1,
+                        value: step_loss,
+                    });
+                }
+                let grad_norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
+                self.model = self
+                    .optimizer
+                    .update::<AB, _>(self.model.clone(), grads, lr);
+                self.state.global_step += 1;
+                self.state.batch_in_epoch = batches_iter.position();
+                step_losses.push(step_loss);
+                window.loss += step_loss;
+                window.steps += 1;
+                let step = self.state.global_step;
+                log.step(step);
+                let epoch_f = self.state.epoch as f64
+                    + self.state.batch_in_epoch as f64 / batches.max(1) as f64;
+                if step.is_multiple_of(self.args.logging_steps) || step == total {
+                    let record = window.record(step, epoch_f, grad_norm, lr, self.state.num_tokens);
+                    log.record(&record)?;
+                    self.state.log_history.push(record);
+                    window = Window::default();
+                }
+                if self.objective.has_eval()
+                    && self
+                        .args
+                        .eval_steps
+                        .is_some_and(|e| e > 0 && step.is_multiple_of(e))
+                    && step != total
+                {
+                    self.log_eval(&mut log, step, epoch_f)?;
+                }
+                if self.args.save_steps > 0 && step.is_multiple_of(self.args.save_steps) {
+                    self.save_checkpoint()?;
+                }
+                if step >= total {
+                    break 'epochs;
+                }
+                if self.stop_after.is_some_and(|s| step >= s) {
+                    log.finish();
+                    return Ok(step_losses);
+                }
+            }
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+        }
+        if self.objective.has_eval() {
+            let epoch_f =
+                self.state.epoch as f64 + self.state.batch_in_epoch as f64 / batches.max(1) as f64;
+            self.log_eval(&mut log, self.state.global_step, epoch_f)?;
+        }
+        log.finish();
+        Ok(step_losses)
+    }
+
+    fn log_eval(&mut self, log: &mut MetricsLog, step: usize, epoch: f64) -> Result<()> {
+        let metrics = self.objective.evaluate(&self.model.valid())?;
+        let mut record = serde_json::Map::new();
+        record.insert("step".into(), json!(step));
+        record.insert("epoch".into(), json!(epoch));
+        for (k, v) in metrics {
+            record.insert(format!("eval_{k}"), json!(v));
+        }
+        let record = serde_json::Value::Object(record);
+        log.record(&record)?;
+        self.state.log_history.push(record);
+        Ok(())
+    }
+}
+
+fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> Result<f64> {
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
+    Ok(f64::from(v.first().copied().unwrap_or(0.0)))
+}
+
+/// Metrics gathered between two log lines.
+#[derive(Default)]
+struct Window {
+    loss: f64,
+    steps: usize,
+    tokens: usize,
+    metrics: BTreeMap<&'static str, (f64, usize)>,
+    start: Option<Instant>,
+}
+
+impl Window {
+    fn add(&mut self, metrics: &[(&'static str, f64)]) {
+        self.start.get_or_insert_with(Instant::now);
+        for (k, v) in metrics {
+            let e = self.metrics.entry(k).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+
+    fn record(
+        &self,
+        step: usize,
+        epoch: f64,
+        grad_norm: f64,
+        lr: f64,
+        num_tokens: u64,
+    ) -> serde_json::Value {
+        let secs = self
+            .start
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+            .max(1e-9);
+        let mut map = serde_json::Map::new();
+        map.insert("step".into(), json!(step));
+        map.insert("epoch".into(), json!(epoch));
+        map.insert("loss".into(), json!(self.loss / self.steps.max(1) as f64));
+        map.insert("grad_norm".into(), json!(grad_norm));
+        map.insert("learning_rate".into(), json!(lr));
+        for (k, (sum, n)) in &self.metrics {
+            map.insert((*k).into(), json!(sum / (*n).max(1) as f64));
+        }
+        map.insert("num_tokens".into(), json!(num_tokens));
+        map.insert("tokens_per_second".into(), json!(self.tokens as f64 / secs));
+        serde_json::Value::Object(map)
+    }
+}
