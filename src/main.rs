@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Direct preference optimisation (defaults: continue `vlmtune sft` on synthetic chart pairs).
+    Dpo(cli::dpo::DpoArgs),
     /// Mean loss and answer accuracy of a model (and adapter) on a dataset.
     Eval(cli::eval::EvalArgs),
     /// Answer a prompt about images with a model (prints only the generated text).
@@ -51,6 +53,12 @@ fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Dpo(args) => {
+            let config = args.job_config()?;
+            let (gc, bf16) = (config.training.gradient_checkpointing, config.training.bf16);
+            let report = dispatch_training(cli.device, gc, bf16, cli::dpo::DpoJob(config))??;
+            println!("{}", cli::dpo::summary(&report));
+        }
         Command::Eval(args) => print!("{}", dispatch(cli.device, args)??),
         Command::Generate(args) => println!("{}", dispatch(cli.device, args)??),
         Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),

@@ -195,15 +195,16 @@ pub struct SftReport {
 
 /// The checkpoint folder of `[model]` (writing the tiny model when asked for).
 pub fn model_dir<AB: AutodiffBackend>(
-    config: &SftJobConfig,
+    model: &ModelSection,
+    output_dir: &Path,
     device: &AB::Device,
 ) -> Result<PathBuf> {
-    if config.model.name == "tiny" {
-        let dir = config.training.output_dir.join("base-model");
-        crate::builtin::write_tiny_checkpoint::<AB::InnerBackend>(&dir, config.model.seed, device)?;
+    if model.name == "tiny" {
+        let dir = output_dir.join("base-model");
+        crate::builtin::write_tiny_checkpoint::<AB::InnerBackend>(&dir, model.seed, device)?;
         return Ok(dir);
     }
-    Ok(resolve_model(&config.model.name)?)
+    Ok(resolve_model(&model.name)?)
 }
 
 /// Train and held-out examples of `[dataset]`.
@@ -247,25 +248,29 @@ pub fn load_examples(config: &DatasetSection) -> Result<(Vec<SftExample>, Vec<Sf
     Ok((train, eval))
 }
 
-/// Builds the model with its adapter or trainable parts.
+/// Loads the model of `dir` with a new LoRA adapter (`lora`) or, without one, with the
+/// `trainable` parts (default: all) trained in full.
 pub fn prepare_model<AB: AutodiffBackend>(
-    config: &SftJobConfig,
     dir: &Path,
+    model_name: &str,
+    lora: Option<&LoraSection>,
+    trainable: Option<Trainable>,
+    seed: u64,
     device: &AB::Device,
 ) -> Result<(SmolVlm<AB>, Option<LoraConfig>)> {
     let mut model = load_dir::<AB>(dir, device)?;
-    let adapter = match &config.lora {
+    let adapter = match lora {
         Some(section) => {
             let mut lora = section.lora_config();
-            lora.base_model_name_or_path = Some(config.model.name.clone());
-            add_adapter(&mut model, "default", &lora, config.training.seed)?;
-            if let Some(parts) = config.trainable {
+            lora.base_model_name_or_path = Some(model_name.to_string());
+            add_adapter(&mut model, "default", &lora, seed)?;
+            if let Some(parts) = trainable {
                 model = model.with_trainable(parts);
             }
             Some(lora)
         }
         None => {
-            model = model.with_trainable(config.trainable.unwrap_or_else(Trainable::all));
+            model = model.with_trainable(trainable.unwrap_or_else(Trainable::all));
             None
         }
     };
@@ -277,8 +282,15 @@ pub fn run_sft<AB: AutodiffBackend>(
     config: &SftJobConfig,
     device: AB::Device,
 ) -> Result<SftReport> {
-    let dir = model_dir::<AB>(config, &device)?;
-    let (model, adapter) = prepare_model::<AB>(config, &dir, &device)?;
+    let dir = model_dir::<AB>(&config.model, &config.training.output_dir, &device)?;
+    let (model, adapter) = prepare_model::<AB>(
+        &dir,
+        &config.model.name,
+        config.lora.as_ref(),
+        config.trainable,
+        config.training.seed,
+        &device,
+    )?;
     let processor = Processor::from_dir(&dir)?;
     let collator = Arc::new(SftCollator::new(processor, config.collator.clone()));
     let (train, eval) = load_examples(&config.dataset)?;

@@ -20,13 +20,14 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vlmtune_data::preference::{EncodedPair, PreferenceBatch, PreferenceCollator};
 use vlmtune_data::processor::stack_pixels;
-use vlmtune_data::PreferenceExample;
+use vlmtune_data::{Conversation, PreferenceExample, SftExample};
 use vlmtune_model::loss::{target_log_probs, ShiftedTargets, IGNORE_INDEX};
 use vlmtune_model::{PixelBatch, SmolVlm, TokenBatch};
 use vlmtune_peft::set_adapters_enabled;
 
 use crate::args::TrainingArgs;
 use crate::error::{Result, TrainError};
+use crate::sft::generate_answers;
 use crate::trainer::{Accumulation, Objective, ObjectiveOutput, Trainer};
 
 /// TRL's DPO loss types implemented by vlmtune.
@@ -520,6 +521,8 @@ pub struct DpoObjective<AB: AutodiffBackend> {
     /// Whether the image features can be shared by policy and reference (nothing in the
     /// vision tower or connector trains or carries an adapter).
     pub share_features: bool,
+    /// Most new tokens of generated answers to held-out prompts (0: no generation).
+    pub eval_max_new_tokens: usize,
 }
 
 impl<AB: AutodiffBackend> DpoObjective<AB> {
@@ -659,10 +662,37 @@ impl<AB: AutodiffBackend> Objective<AB> for DpoObjective<AB> {
                 e.1 += 1;
             }
         }
-        Ok(sums
+        let mut out: BTreeMap<String, f64> = sums
             .into_iter()
             .map(|(k, (s, n))| (k, s / n.max(1) as f64))
-            .collect())
+            .collect();
+        if self.eval_max_new_tokens > 0 {
+            let questions: Vec<SftExample> = eval.iter().map(chosen_as_sft).collect();
+            let answers = generate_answers(
+                model,
+                &self.collator.sft,
+                &questions,
+                16,
+                self.eval_max_new_tokens,
+            )?;
+            if !answers.is_empty() {
+                let right = answers.iter().filter(|a| a.correct()).count();
+                out.insert("accuracy".into(), right as f64 / answers.len() as f64);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The prompt of a pair with its chosen answer as the reference completion.
+pub fn chosen_as_sft(pair: &PreferenceExample) -> SftExample {
+    SftExample {
+        images: pair.images.clone(),
+        conversation: Conversation::PromptCompletion {
+            prompt: pair.prompt.clone(),
+            completion: pair.chosen.clone(),
+        },
+        origin: pair.origin.clone(),
     }
 }
 
@@ -699,6 +729,7 @@ impl<AB: AutodiffBackend> Trainer<AB, DpoObjective<AB>> {
             eval_set: None,
             collator: collator.clone(),
             share_features,
+            eval_max_new_tokens: 0,
         };
         let mut trainer =
             Self::with_objective(model, args, objective, collator, train_set, device)?;

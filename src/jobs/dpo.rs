@@ -1,0 +1,226 @@
+//! The DPO job behind `vlmtune dpo`: a TOML config (model, preference data, LoRA, `[dpo]`,
+//! training arguments) turned into a trained adapter, with reward and answer accuracy on
+//! held-out pairs before and after.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use vlmtune_data::collate::{CollatorConfig, SftCollator};
+use vlmtune_data::dataset::{self, synthetic, DatasetSource};
+use vlmtune_data::{PreferenceCollator, PreferenceExample, Processor};
+use vlmtune_model::Trainable;
+use vlmtune_peft::LoraPreset;
+use vlmtune_train::{DpoConfig, DpoTrainer, Objective, TrainingArgs};
+
+use super::sft::{model_dir, prepare_model, DatasetSection, LoraSection, ModelSection};
+use crate::error::Result;
+
+/// The whole `dpo.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DpoJobConfig {
+    /// The policy's starting point (`tiny`, a folder, or a Hub id).
+    pub model: ModelSection,
+    /// Preference data (`prompt`, `chosen`, `rejected`, images).
+    pub dataset: DatasetSection,
+    /// The adapter trained (DPO on a frozen base).
+    pub lora: Option<LoraSection>,
+    /// Parts trained in full when there is no `[lora]`.
+    pub trainable: Option<Trainable>,
+    /// DPO settings (TRL's `DPOConfig` names).
+    pub dpo: DpoConfig,
+    /// Collator settings.
+    pub collator: CollatorConfig,
+    /// Training arguments.
+    pub training: TrainingArgs,
+    /// Most new tokens of generated answers to held-out prompts.
+    pub eval_max_new_tokens: usize,
+}
+
+impl DpoJobConfig {
+    /// Defaults that continue the SFT main job: the model in `runs/sft-tiny/final`, a new
+    /// LoRA adapter on every Linear, synthetic chart pairs (chosen = the right answer,
+    /// rejected = a plausible wrong one), the base (SFT) model as reference, and TRL's
+    /// `loss_type = ["sigmoid", "sft"]` (DPO plus the chosen answers' likelihood, which keeps
+    /// generation from drifting).
+    pub fn builtin() -> Self {
+        let mut c = Self {
+            model: ModelSection {
+                name: "runs/sft-tiny/final".into(),
+                seed: 0,
+            },
+            ..Self::default()
+        };
+        c.dataset.num_train = 2000;
+        c.dataset.num_eval = 200;
+        c.dataset.seed = 7;
+        c.lora = Some(LoraSection {
+            preset: Some(LoraPreset::AllLinear),
+            config: LoraPreset::AllLinear.config(16, 32.0),
+        });
+        c.dpo.beta = 0.1;
+        c.dpo.loss_type = vec![
+            vlmtune_train::DpoLossType::Sigmoid,
+            vlmtune_train::DpoLossType::Sft,
+        ];
+        c.training.output_dir = PathBuf::from("runs/dpo-tiny");
+        c.training.learning_rate = 5e-4;
+        c.training.per_device_train_batch_size = 8;
+        c.training.max_steps = 300;
+        c.training.warmup_ratio = 0.05;
+        c.training.logging_steps = 10;
+        c.training.save_steps = 0;
+        c.training.eval_steps = Some(100);
+        c.collator.max_length = Some(256);
+        c.eval_max_new_tokens = 6;
+        c
+    }
+
+    /// Reads a TOML file (missing fields take TRL's defaults); errors name the file and field.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| vlmtune_data::DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let de = toml::Deserializer::parse(&text)
+            .map_err(|e| crate::Error::Config(format!("{}: {e}", path.display())))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            crate::Error::Config(format!(
+                "{}: field `{}`: {}",
+                path.display(),
+                e.path(),
+                e.inner()
+            ))
+        })
+    }
+}
+
+/// Train and held-out pairs of `[dataset]`.
+pub fn load_pairs(
+    config: &DatasetSection,
+) -> Result<(Vec<PreferenceExample>, Vec<PreferenceExample>)> {
+    let source = DatasetSource::parse(&config.source)?;
+    if source == DatasetSource::Synthetic {
+        let train =
+            synthetic::preference_examples(config.seed, 0, config.num_train, config.image_size);
+        let eval = synthetic::preference_examples(
+            config.seed,
+            1_000_000,
+            config.num_eval,
+            config.image_size,
+        );
+        return Ok((train, eval));
+    }
+    let mut format = config.format.format();
+    format.prompt_field = config.fields.prompt_field.clone().or(format.prompt_field);
+    format.chosen_field = config.fields.chosen_field.clone();
+    format.rejected_field = config.fields.rejected_field.clone();
+    format.image_field = config.fields.image_field.clone().or(format.image_field);
+    let mut train = dataset::load_preference(&source, &format, &config.split)?;
+    if let Some(n) = config.max_train {
+        train.truncate(n);
+    }
+    let eval = if config.eval_split == "none"
+        || matches!(&source, DatasetSource::Path(p) if p.is_file())
+    {
+        Vec::new()
+    } else {
+        let mut eval = dataset::load_preference(&source, &format, &config.eval_split)?;
+        eval.truncate(config.max_eval);
+        eval
+    };
+    Ok((train, eval))
+}
+
+/// What a DPO run produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpoReport {
+    /// Loss of every step.
+    pub losses: Vec<f64>,
+    /// Held-out metrics before training (`rewards/accuracies`, `accuracy`, ...).
+    pub before: std::collections::BTreeMap<String, f64>,
+    /// Held-out metrics after training.
+    pub after: std::collections::BTreeMap<String, f64>,
+    /// Where the adapter was saved.
+    pub saved_to: PathBuf,
+    /// Seconds of training.
+    pub train_seconds: f64,
+}
+
+/// Runs the job.
+pub fn run_dpo<AB: AutodiffBackend>(
+    config: &DpoJobConfig,
+    device: AB::Device,
+) -> Result<DpoReport> {
+    if config.model.name == "runs/sft-tiny/final"
+        && !std::path::Path::new(&config.model.name).exists()
+    {
+        return Err(crate::Error::Config(
+            "runs/sft-tiny/final does not exist: run `vlmtune sft` first (the DPO defaults continue the SFT main job)".into(),
+        ));
+    }
+    let dir = model_dir::<AB>(&config.model, &config.training.output_dir, &device)?;
+    let (model, adapter) = prepare_model::<AB>(
+        &dir,
+        &config.model.name,
+        config.lora.as_ref(),
+        config.trainable,
+        config.training.seed,
+        &device,
+    )?;
+    let processor = Processor::from_dir(&dir)?;
+    let collator = Arc::new(PreferenceCollator {
+        sft: SftCollator::new(processor, config.collator.clone()),
+    });
+    let (train, eval) = load_pairs(&config.dataset)?;
+    let mut trainer = DpoTrainer::new(
+        model,
+        config.training.clone(),
+        config.dpo.clone(),
+        collator,
+        train,
+        device,
+    )?;
+    trainer.base_dir = Some(dir);
+    trainer.objective.eval_max_new_tokens = config.eval_max_new_tokens;
+    if let Some(lora) = adapter {
+        trainer = trainer.with_adapter(lora);
+    }
+    let has_eval = !eval.is_empty();
+    if has_eval {
+        trainer = trainer.with_eval(eval);
+    }
+    let before = if has_eval && config.training.resume_from_checkpoint.is_none() {
+        let inner = burn::module::AutodiffModule::valid(&trainer.model);
+        trainer.objective.evaluate(&inner)?
+    } else {
+        Default::default()
+    };
+    let start = std::time::Instant::now();
+    let losses = trainer.train()?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let after = trainer
+        .state
+        .log_history
+        .iter()
+        .rev()
+        .find(|r| r.get("eval_loss").is_some())
+        .and_then(|r| r.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("eval_")?.to_string(), v.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let saved_to = config.training.output_dir.join("final");
+    trainer.save_model(&saved_to)?;
+    Ok(DpoReport {
+        losses,
+        before,
+        after,
+        saved_to,
+        train_seconds,
+    })
+}
