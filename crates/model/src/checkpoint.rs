@@ -6,7 +6,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use vlmtune_quant::{
-    ensure_all_used, write_atomic, write_safetensors, SafetensorsFiles, SaveDtype, Weights,
+    ensure_all_used, write_atomic, write_safetensors, QuantConfig, SafetensorsFiles, SaveDtype,
+    Weights,
 };
 
 use crate::config::VlmConfig;
@@ -14,18 +15,48 @@ use crate::error::{ModelError, Result};
 use crate::hub::resolve_model;
 use crate::vlm::SmolVlm;
 
+/// How a checkpoint is loaded.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Store (some) frozen Linear weights quantised, decided per module path while loading.
+    pub quant: Option<QuantConfig>,
+}
+
 /// Loads a model from a local folder or a Hub id (see [`resolve_model`]).
 pub fn load_pretrained<B: Backend>(spec: &str, device: &B::Device) -> Result<SmolVlm<B>> {
     load_dir(&resolve_model(spec)?, device)
 }
 
+/// [`load_pretrained`] with [`LoadOptions`].
+pub fn load_pretrained_with<B: Backend>(
+    spec: &str,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<SmolVlm<B>> {
+    load_dir_with(&resolve_model(spec)?, options, device)
+}
+
 /// Loads `config.json` and the safetensors weights of `dir`. Every checkpoint key must be
 /// used and every model weight present with its shape.
 pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<SmolVlm<B>> {
+    load_dir_with(dir, &LoadOptions::default(), device)
+}
+
+/// [`load_dir`] with [`LoadOptions`]: with a quantisation config, each selected Linear weight
+/// is read, quantised and uploaded one at a time.
+pub fn load_dir_with<B: Backend>(
+    dir: &Path,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<SmolVlm<B>> {
     let config = VlmConfig::from_file(&dir.join("config.json"))?;
+    if let Some(quant) = &options.quant {
+        quant.validate()?;
+    }
     let files = SafetensorsFiles::open_dir(dir, "model")?;
-    tracing::info!(dir = %dir.display(), tensors = files.keys().len(), "loading checkpoint");
-    let model = SmolVlm::load(&Weights::new(&files, device), &config)?;
+    tracing::info!(dir = %dir.display(), tensors = files.keys().len(), quant = ?options.quant, "loading checkpoint");
+    let weights = Weights::new(&files, device).with_quant(options.quant.as_ref());
+    let model = SmolVlm::load(&weights, &config)?;
     ensure_all_used(&files)?;
     Ok(model)
 }

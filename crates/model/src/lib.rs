@@ -36,7 +36,9 @@ pub mod text;
 pub mod vision;
 pub mod vlm;
 
-pub use checkpoint::{load_dir, load_pretrained, save_pretrained};
+pub use checkpoint::{
+    load_dir, load_dir_with, load_pretrained, load_pretrained_with, save_pretrained, LoadOptions,
+};
 pub use config::{TextConfig, VisionConfig, VlmConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerationConfig, GenerationOutput};

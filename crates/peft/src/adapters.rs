@@ -50,7 +50,7 @@ pub fn add_adapter<B: Backend, M: LinearModules<B>>(
             linear.add_copy(name);
             saved.push(path.to_string());
         } else if is_target(config, path, output_layers.iter().any(|p| p == path)) {
-            let device = linear.weight.device();
+            let device = linear.device();
             let lora = LoraAdapter::init(
                 name,
                 path,

@@ -113,7 +113,7 @@ pub fn load_adapter<B: Backend, M: LinearModules<B>>(
             return;
         }
         let key = format!("{KEY_PREFIX}{path}");
-        let device = linear.weight.device();
+        let device = linear.device();
         let read = |k: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let found = files
                 .shape(k)

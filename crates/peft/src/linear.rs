@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use vlmtune_quant::{Init, Weights};
+use vlmtune_quant::{Init, QuantizedWeight, Weights};
 
 use crate::error::{PeftError, Result};
 use crate::lora::{row_norm, LoraAdapter, TrainableCopy};
@@ -22,11 +22,15 @@ pub struct MergeState {
 /// materialised as a trainable tensor; only adapters (and `modules_to_save` copies) train.
 ///
 /// Field names are the Hugging Face ones, so a base parameter's module path is its checkpoint
-/// key.
+/// key. The base weight is either dense (`weight`) or, when a [`vlmtune_quant::QuantConfig`]
+/// selected this layer while loading, held compressed in `quantized` and dequantised for each
+/// matmul (QLoRA); exactly one of the two is set.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[out_features, in_features]`; frozen unless the layer is fully fine-tuned.
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: Option<Param<Tensor<B, 2>>>,
+    /// The frozen base weight in a compact format (bf16/f16, int8, NF4/FP4); never trainable.
+    pub quantized: Option<QuantizedWeight<B>>,
     /// `[out_features]`, when the layer has a bias.
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// Named low-rank adapters.
@@ -45,7 +49,9 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// Builds the layer from `<prefix>.weight` (and `<prefix>.bias` when `bias`).
+    /// Builds the layer from `<prefix>.weight` (and `<prefix>.bias` when `bias`), quantising
+    /// the weight right away when the cursor's quantisation config selects this path (so only
+    /// one layer's float weight is ever resident).
     ///
     /// Random initialisation follows PyTorch's `nn.Linear` (uniform ±1/√in).
     pub fn load(
@@ -56,8 +62,18 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self> {
         let bound = 1.0 / (in_features as f64).sqrt();
         let init = Init::Uniform { bound };
+        let shape = [out_features, in_features];
+        let (weight, quantized) = match w.quant_format() {
+            Some(format) => {
+                let values = w.values("weight", &shape, init)?;
+                let q = QuantizedWeight::quantize(&values, shape, format, w.device());
+                (None, Some(q))
+            }
+            None => (Some(w.param("weight", shape, init)?), None),
+        };
         Ok(Self {
-            weight: w.param("weight", [out_features, in_features], init)?,
+            weight,
+            quantized,
             bias: if bias {
                 Some(w.param("bias", [out_features], init)?)
             } else {
@@ -71,14 +87,57 @@ impl<B: Backend> Linear<B> {
         })
     }
 
+    /// `[out_features, in_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match (&self.weight, &self.quantized) {
+            (Some(w), _) => w.dims(),
+            (None, Some(q)) => q.dims(),
+            (None, None) => [0, 0],
+        }
+    }
+
     /// `in_features`.
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+        self.dims()[1]
     }
 
     /// `out_features`.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.dims()[0]
+    }
+
+    /// The device of the base weight.
+    pub fn device(&self) -> B::Device {
+        match (&self.weight, &self.quantized) {
+            (Some(w), _) => w.device(),
+            (None, Some(q)) => q.device(),
+            (None, None) => Default::default(),
+        }
+    }
+
+    /// Whether the base weight is held quantised.
+    pub fn is_quantized(&self) -> bool {
+        self.quantized.is_some()
+    }
+
+    /// The base weight `[out, in]` as a float tensor: the parameter's value, or the
+    /// quantised storage dequantised on the device.
+    pub fn base_weight(&self) -> Tensor<B, 2> {
+        match (&self.weight, &self.quantized) {
+            (Some(w), _) => w.val(),
+            (None, Some(q)) => q.dequantize(),
+            (None, None) => Tensor::zeros([0, 0], &Default::default()),
+        }
+    }
+
+    /// Bytes held by the frozen base weight (and bias) on the device.
+    pub fn base_bytes(&self) -> usize {
+        let weight = match (&self.weight, &self.quantized) {
+            (Some(w), _) => 4 * w.shape().num_elements(),
+            (None, Some(q)) => q.storage_bytes(),
+            (None, None) => 0,
+        };
+        weight + self.bias.as_ref().map_or(0, |b| 4 * b.shape().num_elements())
     }
 
     /// The adapter the forward pass applies, if any.
@@ -116,7 +175,7 @@ impl<B: Backend> Linear<B> {
         if let Some(copy) = active.and_then(|n| self.copy(n)) {
             return affine(x, copy.weight.val(), copy.bias.as_ref().map(Param::val));
         }
-        let weight = self.weight.val();
+        let weight = self.base_weight();
         let base = x.clone().matmul(weight.clone().transpose());
         let unmerged = active.filter(|n| self.merged.as_ref().is_none_or(|m| m.adapter != *n));
         let mut y = match unmerged.and_then(|n| self.adapter(n)) {
@@ -146,7 +205,7 @@ impl<B: Backend> Linear<B> {
     /// Adds adapter `lora` (the first one added becomes active).
     pub fn add_lora(&mut self, mut lora: LoraAdapter<B>, dora: bool) {
         if dora {
-            let norm = row_norm(self.weight.val() + lora.delta_weight()).detach();
+            let norm = row_norm(self.base_weight() + lora.delta_weight()).detach();
             lora.magnitude = Some(Param::initialized(ParamId::new(), norm).set_require_grad(true));
         }
         self.lora.push(lora);
@@ -155,7 +214,7 @@ impl<B: Backend> Linear<B> {
     /// Adds a trainable copy of weight and bias for adapter `name`.
     pub fn add_copy(&mut self, name: &str) {
         let weight =
-            Param::initialized(ParamId::new(), self.weight.val().detach()).set_require_grad(true);
+            Param::initialized(ParamId::new(), self.base_weight().detach()).set_require_grad(true);
         let bias = self
             .bias
             .as_ref()
@@ -181,7 +240,12 @@ impl<B: Backend> Linear<B> {
         let Some(lora) = self.adapter(&name) else {
             return Ok(());
         };
-        let w = self.weight.val();
+        if self.is_quantized() {
+            return Err(PeftError::State(format!(
+                "cannot merge adapter `{name}` into a quantised base weight: load the base model without quantisation to merge"
+            )));
+        }
+        let w = self.base_weight();
         let delta = lora.delta_weight();
         let (new_w, factor) = match &lora.magnitude {
             None => (w + delta, None),
@@ -217,7 +281,7 @@ impl<B: Backend> Linear<B> {
             )));
         };
         let delta = lora.delta_weight();
-        let w = self.weight.val();
+        let w = self.base_weight();
         let restored = match state.dora_factor {
             None => w - delta,
             Some(f) => {
@@ -230,11 +294,17 @@ impl<B: Backend> Linear<B> {
         Ok(())
     }
 
-    /// Replaces the base weight's value, keeping its id and trainability.
+    /// Replaces the base weight's value, keeping its id and trainability (a quantised base
+    /// becomes a dense, frozen one).
     pub fn set_weight(&mut self, value: Tensor<B, 2>) {
-        let trainable = self.weight.is_require_grad();
-        let id = self.weight.id;
-        self.weight = Param::initialized(id, value).set_require_grad(trainable);
+        self.quantized = None;
+        self.weight = Some(match self.weight.take() {
+            Some(w) => {
+                let trainable = w.is_require_grad();
+                Param::initialized(w.id, value).set_require_grad(trainable)
+            }
+            None => Param::initialized(ParamId::new(), value).set_require_grad(false),
+        });
     }
 
     /// Removes every adapter structure, keeping a merged adapter's effect and promoting the
@@ -311,19 +381,19 @@ mod tests {
         let x = input();
         let y = host(lin.forward(x.clone()));
         let lora = lin.adapter("default").unwrap();
-        let w = lin.weight.val() + lora.delta_weight();
+        let w = lin.base_weight() + lora.delta_weight();
         let want =
             host(x.clone().matmul(w.transpose()) + lin.bias.as_ref().unwrap().val().unsqueeze());
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
-        let before = host(lin.weight.val());
+        let before = host(lin.base_weight());
         lin.merge().unwrap();
         for (a, b) in host(lin.forward(x.clone())).iter().zip(&y) {
             assert!((a - b).abs() < 1e-5);
         }
         lin.unmerge().unwrap();
-        for (a, b) in host(lin.weight.val()).iter().zip(&before) {
+        for (a, b) in host(lin.base_weight()).iter().zip(&before) {
             assert!((a - b).abs() < 1e-5);
         }
         lin.adapters_enabled = false;

@@ -6,6 +6,9 @@
 //!   atomic safetensors writes.
 //! * [`weights`]: [`Weights`], a cursor over a [`TensorSource`] (checkpoint or seeded random
 //!   init) that modules use to build themselves by Hugging Face key.
+//! * [`bnb`] / [`storage`]: bitsandbytes' int8, NF4/FP4 and double quantisation, bit for bit,
+//!   and [`QuantizedWeight`], the compact device form dequantised for each matmul;
+//!   [`QuantConfig`] (`BitsAndBytesConfig` names) decides per module path while loading.
 //!
 //! ```
 //! use vlmtune_quant::{Init, RandomInit, Weights};
@@ -16,11 +19,18 @@
 //! assert_eq!(t.dims(), [2, 3]);
 //! ```
 
+pub mod bnb;
+pub mod config;
 pub mod error;
+pub mod storage;
 pub mod store;
+pub mod tables;
 pub mod weights;
 
+pub use bnb::FourBit;
+pub use config::{QuantConfig, StorageFormat};
 pub use error::{QuantError, Result};
+pub use storage::QuantizedWeight;
 pub use store::{write_atomic, write_safetensors, NamedTensor, SafetensorsFiles, SaveDtype};
 pub use weights::{
     ensure_all_used, sample_init, stable_hash, Init, RandomInit, TensorSource, Weights,

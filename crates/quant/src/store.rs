@@ -141,7 +141,7 @@ impl SafetensorsFiles {
         Ok((bytes_to_f32(key, info.dtype, bytes)?, info.shape.clone()))
     }
 
-    /// Reads an integer or boolean tensor (I64, I32, U8, BOOL) as i64 values and its shape.
+    /// Reads an integer or boolean tensor (I64, I32, U8, I8, BOOL) as i64 values and its shape.
     pub fn read_i64(&self, key: &str) -> Result<(Vec<i64>, Vec<usize>)> {
         let (bytes, info) = self.raw(key)?;
         let values = match info.dtype {
@@ -154,6 +154,7 @@ impl SafetensorsFiles {
                 .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
                 .collect(),
             Dtype::U8 | Dtype::BOOL => bytes.iter().map(|b| i64::from(*b)).collect(),
+            Dtype::I8 => bytes.iter().map(|b| i64::from(*b as i8)).collect(),
             other => {
                 return Err(QuantError::UnsupportedDtype {
                     key: key.to_string(),

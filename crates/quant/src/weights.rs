@@ -6,6 +6,7 @@ use burn::module::{Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 
+use crate::config::{QuantConfig, StorageFormat};
 use crate::error::{QuantError, Result};
 use crate::store::SafetensorsFiles;
 
@@ -111,6 +112,7 @@ pub struct Weights<'a, B: Backend> {
     source: &'a dyn TensorSource,
     prefix: String,
     device: B::Device,
+    quant: Option<&'a QuantConfig>,
 }
 
 impl<B: Backend> Clone for Weights<'_, B> {
@@ -119,6 +121,7 @@ impl<B: Backend> Clone for Weights<'_, B> {
             source: self.source,
             prefix: self.prefix.clone(),
             device: self.device.clone(),
+            quant: self.quant,
         }
     }
 }
@@ -130,7 +133,20 @@ impl<'a, B: Backend> Weights<'a, B> {
             source,
             prefix: String::new(),
             device: device.clone(),
+            quant: None,
         }
+    }
+
+    /// The same cursor, with `config` deciding which Linear weights are stored quantised.
+    pub fn with_quant(mut self, config: Option<&'a QuantConfig>) -> Self {
+        self.quant = config;
+        self
+    }
+
+    /// The storage format the quantisation config gives the Linear weight at this prefix
+    /// (`None`: f32).
+    pub fn quant_format(&self) -> Option<StorageFormat> {
+        self.quant.and_then(|c| c.format_for(&self.prefix))
     }
 
     /// The cursor one level down, at `<prefix>.<name>`.
@@ -139,6 +155,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             source: self.source,
             prefix: self.key(&name.to_string()),
             device: self.device.clone(),
+            quant: self.quant,
         }
     }
 
