@@ -83,8 +83,17 @@ pub struct Pipeline<B: Backend> {
 impl<B: Backend> Pipeline<B> {
     /// Loads model and processor from a folder or Hub id.
     pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
+        Self::load_with(spec, &vlmtune_model::LoadOptions::default(), device)
+    }
+
+    /// [`Pipeline::load`] with load options (quantised frozen weights).
+    pub fn load_with(
+        spec: &str,
+        options: &vlmtune_model::LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let dir = vlmtune_model::resolve_model(spec)?;
-        let model = vlmtune_model::load_dir(&dir, device)?;
+        let model = vlmtune_model::load_dir_with(&dir, options, device)?;
         Self::from_parts(model, &dir)
     }
 

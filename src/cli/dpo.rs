@@ -48,6 +48,9 @@ pub struct DpoArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Quantised frozen weights.
+    #[command(flatten)]
+    pub quant: crate::cli::quant::QuantArgs,
 }
 
 impl DpoArgs {
@@ -60,6 +63,7 @@ impl DpoArgs {
         if let Some(v) = &self.model {
             c.model.name = v.clone();
         }
+        c.quant = self.quant.or(c.quant.take());
         if let Some(v) = &self.dataset {
             c.dataset.source = v.clone();
         }

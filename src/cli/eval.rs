@@ -9,7 +9,7 @@ use vlmtune::backend::BackendJob;
 use vlmtune::data::collate::{CollatorConfig, SftCollator};
 use vlmtune::data::Processor;
 use vlmtune::jobs::sft::{load_examples, DatasetSection};
-use vlmtune::model::{load_dir, resolve_model};
+use vlmtune::model::{load_dir_with, resolve_model, LoadOptions};
 use vlmtune::train::{evaluate, Answer};
 
 /// Arguments of `vlmtune eval`.
@@ -42,6 +42,9 @@ pub struct EvalArgs {
     /// Also print this many answers (question, reference, prediction).
     #[arg(long, default_value_t = 0)]
     pub show_answers: usize,
+    /// Quantised frozen weights.
+    #[command(flatten)]
+    pub quant: crate::cli::quant::QuantArgs,
 }
 
 impl BackendJob for EvalArgs {
@@ -49,7 +52,10 @@ impl BackendJob for EvalArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let dir = resolve_model(&self.model)?;
-        let mut model = load_dir::<B::InnerBackend>(&dir, &device)?;
+        let options = LoadOptions {
+            quant: self.quant.config(),
+        };
+        let mut model = load_dir_with::<B::InnerBackend>(&dir, &options, &device)?;
         if let Some(adapter) = &self.adapter {
             vlmtune::peft::load_adapter(&mut model, adapter, "default")?;
         }

@@ -38,13 +38,19 @@ pub struct GenerateArgs {
     /// Resize each image to one tile instead of splitting it.
     #[arg(long)]
     pub no_image_splitting: bool,
+    /// Quantised frozen weights.
+    #[command(flatten)]
+    pub quant: crate::cli::quant::QuantArgs,
 }
 
 impl BackendJob for GenerateArgs {
     type Output = anyhow::Result<String>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let mut pipeline = Pipeline::<B::InnerBackend>::load(&self.model, &device)?;
+        let options = vlmtune::model::LoadOptions {
+            quant: self.quant.config(),
+        };
+        let mut pipeline = Pipeline::<B::InnerBackend>::load_with(&self.model, &options, &device)?;
         if let Some(adapter) = &self.adapter {
             vlmtune::peft::load_adapter(&mut pipeline.model, adapter, "default")?;
         }

@@ -79,6 +79,9 @@ pub struct SftArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Quantised frozen weights.
+    #[command(flatten)]
+    pub quant: crate::cli::quant::QuantArgs,
 }
 
 /// Dataset mappings.
@@ -172,6 +175,7 @@ impl SftArgs {
         if let Some(n) = self.num_train {
             c.dataset.num_train = n;
         }
+        c.quant = self.quant.or(c.quant.take());
         Ok(c)
     }
 }
@@ -201,8 +205,9 @@ pub fn summary(report: &SftReport) -> String {
         .map(|c| format!(" (answering at random: {:.1}%)", 100.0 * c))
         .unwrap_or_default();
     format!(
-        "{}\nsteps: {} in {:.0} s; loss {:.3} -> {:.3} (mean of the last 10)\nheld-out accuracy: {} before, {} after{chance} (eval loss {})\n{}saved to {}",
+        "{}\n{}\nsteps: {} in {:.0} s; loss {:.3} -> {:.3} (mean of the last 10)\nheld-out accuracy: {} before, {} after{chance} (eval loss {})\n{}saved to {}",
         report.trainable,
+        report.memory,
         report.losses.len(),
         report.train_seconds,
         first,

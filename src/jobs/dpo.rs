@@ -29,6 +29,8 @@ pub struct DpoJobConfig {
     pub lora: Option<LoraSection>,
     /// Parts trained in full when there is no `[lora]`.
     pub trainable: Option<Trainable>,
+    /// `[quant]`: quantised frozen base weights (QLoRA with `[lora]`).
+    pub quant: Option<vlmtune_quant::QuantConfig>,
     /// DPO settings (TRL's `DPOConfig` names).
     pub dpo: DpoConfig,
     /// Collator settings.
@@ -167,6 +169,7 @@ pub fn run_dpo<AB: AutodiffBackend>(
         &config.model.name,
         config.lora.as_ref(),
         config.trainable,
+        config.quant.as_ref(),
         config.training.seed,
         &device,
     )?;

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use vlmtune_data::collate::{CollatorConfig, SftCollator};
 use vlmtune_data::dataset::{self, synthetic, DatasetSource};
 use vlmtune_data::{DatasetFormat, FormatKind, Processor, SftExample};
-use vlmtune_model::{load_dir, resolve_model, SmolVlm, Trainable};
-use vlmtune_peft::{add_adapter, LoraConfig, LoraPreset};
+use vlmtune_model::{load_dir_with, resolve_model, LoadOptions, SmolVlm, Trainable};
+use vlmtune_peft::{add_adapter, LinearModules, LoraConfig, LoraPreset};
+use vlmtune_quant::QuantConfig;
 use vlmtune_train::{SftTrainer, TrainingArgs};
 
 use crate::error::{Error, Result};
@@ -121,6 +122,9 @@ pub struct SftJobConfig {
     pub lora: Option<LoraSection>,
     /// Parts trained in full (default: everything when there is no `[lora]`).
     pub trainable: Option<Trainable>,
+    /// `[quant]`: quantised frozen base weights (`BitsAndBytesConfig` names); with `[lora]`,
+    /// QLoRA.
+    pub quant: Option<QuantConfig>,
     /// Collator settings.
     pub collator: CollatorConfig,
     /// Training arguments (TRL names).
@@ -184,6 +188,8 @@ pub struct SftReport {
     pub saved_to: PathBuf,
     /// PEFT-style trainable-parameter line.
     pub trainable: String,
+    /// Weight memory at the start of training (frozen, trainable, optimizer state).
+    pub memory: String,
     /// Seconds spent in training.
     pub train_seconds: f64,
     /// The answers of the last evaluation.
@@ -248,17 +254,29 @@ pub fn load_examples(config: &DatasetSection) -> Result<(Vec<SftExample>, Vec<Sf
     Ok((train, eval))
 }
 
-/// Loads the model of `dir` with a new LoRA adapter (`lora`) or, without one, with the
-/// `trainable` parts (default: all) trained in full.
+/// Loads the model of `dir` (frozen weights quantised as `quant` says) with a new LoRA
+/// adapter (`lora`) or, without one, with the `trainable` parts (default: all) trained in
+/// full.
 pub fn prepare_model<AB: AutodiffBackend>(
     dir: &Path,
     model_name: &str,
     lora: Option<&LoraSection>,
     trainable: Option<Trainable>,
+    quant: Option<&QuantConfig>,
     seed: u64,
     device: &AB::Device,
 ) -> Result<(SmolVlm<AB>, Option<LoraConfig>)> {
-    let mut model = load_dir::<AB>(dir, device)?;
+    let options = LoadOptions {
+        quant: quant.cloned(),
+    };
+    let mut model = load_dir_with::<AB>(dir, &options, device)?;
+    let full_parts = match lora {
+        Some(_) => trainable,
+        None => Some(trainable.unwrap_or_else(Trainable::all)),
+    };
+    if let Some(parts) = full_parts {
+        ensure_trainable_not_quantized(&model, parts)?;
+    }
     let adapter = match lora {
         Some(section) => {
             let mut lora = section.lora_config();
@@ -277,6 +295,25 @@ pub fn prepare_model<AB: AutodiffBackend>(
     Ok((model, adapter))
 }
 
+/// Quantised weights are frozen storage: training them in full is a configuration error.
+fn ensure_trainable_not_quantized<B: burn::tensor::backend::Backend>(
+    model: &SmolVlm<B>,
+    parts: Trainable,
+) -> Result<()> {
+    let mut offending = None;
+    model.visit_linears(&mut |path, linear| {
+        if offending.is_none() && linear.is_quantized() && parts.covers(&format!("{path}.weight")) {
+            offending = Some(path.to_string());
+        }
+    });
+    match offending {
+        None => Ok(()),
+        Some(path) => Err(Error::Config(format!(
+            "`{path}` is stored quantised ([quant]) but is set to train in full: quantised base weights are frozen; add a [lora] section (QLoRA), or list the module in quant.llm_int8_skip_modules"
+        ))),
+    }
+}
+
 /// Runs the job: evaluates, trains, evaluates, saves to `<output_dir>/final`.
 pub fn run_sft<AB: AutodiffBackend>(
     config: &SftJobConfig,
@@ -288,6 +325,7 @@ pub fn run_sft<AB: AutodiffBackend>(
         &config.model.name,
         config.lora.as_ref(),
         config.trainable,
+        config.quant.as_ref(),
         config.training.seed,
         &device,
     )?;
@@ -305,6 +343,7 @@ pub fn run_sft<AB: AutodiffBackend>(
         trainer = trainer.with_eval(eval);
     }
     let trainable = vlmtune_peft::trainable_report::<AB, _>(&trainer.model).to_string();
+    let memory = vlmtune_peft::memory_report::<AB, _>(&trainer.model).to_string();
     let accuracy_before = match (
         &trainer.objective.eval_set,
         &config.training.resume_from_checkpoint,
@@ -337,6 +376,7 @@ pub fn run_sft<AB: AutodiffBackend>(
         eval_loss_after: after.as_ref().and_then(|r| r["eval_loss"].as_f64()),
         saved_to,
         trainable,
+        memory,
         train_seconds,
         answers: trainer
             .objective

@@ -254,16 +254,13 @@ fn thousands(n: usize) -> String {
     out
 }
 
-/// Counts the trainable and total float parameters of `module`.
-pub fn trainable_report<B: Backend, M: Module<B>>(module: &M) -> TrainableReport {
-    let params = crate::params::named_params::<B, M>(module);
+/// Counts the trainable and total parameters of `module` (quantised base weights by their
+/// logical size, as PEFT counts 4-bit parameters).
+pub fn trainable_report<B: Backend, M: Module<B> + LinearModules<B>>(module: &M) -> TrainableReport {
+    let memory = crate::memory::memory_report::<B, M>(module);
     TrainableReport {
-        trainable: params
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.numel())
-            .sum(),
-        total: params.iter().map(|p| p.numel()).sum(),
+        trainable: memory.trainable_params,
+        total: memory.trainable_params + memory.frozen_params,
     }
 }
 

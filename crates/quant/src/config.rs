@@ -68,7 +68,8 @@ pub struct QuantConfig {
     /// the connector and `lm_head`, as QLoRA recipes for VLMs do).
     #[serde(default = "d_skip")]
     pub llm_int8_skip_modules: Vec<String>,
-    /// `bf16` / `f16`: store the frozen weights that are not quantised in 16 bits.
+    /// `bf16` / `f16`: store the frozen Linear weights that are not 4-bit / int8 (all of
+    /// them when neither is on, the skipped modules otherwise) in 16 bits.
     #[serde(default)]
     pub storage_dtype: Option<String>,
 }
@@ -98,11 +99,10 @@ impl QuantConfig {
         }
     }
 
-    /// bf16 storage of every frozen projection (nothing skipped).
+    /// bf16 storage of every frozen projection.
     pub fn bf16() -> Self {
         Self {
             storage_dtype: Some("bf16".into()),
-            llm_int8_skip_modules: vec![],
             ..Self::default()
         }
     }
@@ -138,20 +138,20 @@ impl QuantConfig {
         })
     }
 
-    /// The storage of the Linear weight at module path `path` (`None`: f32).
+    /// The storage of the Linear weight at module path `path` (`None`: f32): 4-bit or int8
+    /// unless skipped, else `storage_dtype` when set.
     pub fn format_for(&self, path: &str) -> Option<StorageFormat> {
-        if self.skips(path) {
-            return None;
-        }
-        if self.load_in_4bit {
-            return Some(StorageFormat::FourBit {
-                kind: self.bnb_4bit_quant_type,
-                blocksize: self.blocksize,
-                double_quant: self.bnb_4bit_use_double_quant,
-            });
-        }
-        if self.load_in_8bit {
-            return Some(StorageFormat::Int8);
+        if !self.skips(path) {
+            if self.load_in_4bit {
+                return Some(StorageFormat::FourBit {
+                    kind: self.bnb_4bit_quant_type,
+                    blocksize: self.blocksize,
+                    double_quant: self.bnb_4bit_use_double_quant,
+                });
+            }
+            if self.load_in_8bit {
+                return Some(StorageFormat::Int8);
+            }
         }
         match self.storage_dtype.as_deref() {
             Some("bf16") => Some(StorageFormat::Bf16),

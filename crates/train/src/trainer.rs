@@ -247,7 +247,9 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         let total = self.args.total_steps(batches);
         let warmup = self.args.warmup(total);
         let report = vlmtune_peft::trainable_report::<AB, _>(&self.model);
+        let memory = vlmtune_peft::memory_report::<AB, _>(&self.model);
         tracing::info!(%report, total_steps = total, "training");
+        tracing::info!(%memory, "weight memory");
         let mut log = MetricsLog::open(
             &self.args.output_dir,
             total,
