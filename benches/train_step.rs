@@ -3,7 +3,11 @@
 //! * `lora` / `full`: forward + backward with LoRA r=8 on the text attention, and as a full
 //!   fine-tune;
 //! * `sft` / `sft-gc`: one whole SFT optimizer step (forward, backward, AdamW) with that
-//!   LoRA, without and with gradient checkpointing (burn's `BalancedCheckpointing`).
+//!   LoRA, without and with gradient checkpointing (burn's `BalancedCheckpointing`);
+//! * `sft-bf16` / `sft-int8` / `sft-nf4`: that SFT step with the frozen weights stored in
+//!   bf16 (every projection), int8 or NF4 + double quantisation (text projections; QLoRA);
+//! * `fwd-f32` / `fwd-bf16` / `fwd-int8` / `fwd-nf4`: a forward pass without autodiff, for
+//!   the cost of dequantising inside the matmuls.
 //!
 //! Each mode runs in its own process so that peak memory is its own:
 //! `cargo bench --bench train_step` (all modes) or `-- --mode lora` (one).
@@ -11,15 +15,30 @@
 mod common;
 
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use vlmtune::model::{causal_lm_loss, Preset, SmolVlm, Trainable};
 use vlmtune::peft::{add_adapter, LoraPreset};
 use vlmtune::prelude::{PixelBatch, TokenBatch};
+use vlmtune::quant::{QuantConfig, RandomInit, Weights};
 
 type AB = burn::backend::Autodiff<burn::backend::NdArray>;
 type ABCheckpointed = burn::backend::Autodiff<burn::backend::NdArray, BalancedCheckpointing>;
 
-const MODES: [&str; 4] = ["lora", "full", "sft", "sft-gc"];
+const MODES: [&str; 11] = [
+    "lora", "full", "sft", "sft-gc", "sft-bf16", "sft-int8", "sft-nf4", "fwd-f32", "fwd-bf16",
+    "fwd-int8", "fwd-nf4",
+];
+
+/// The frozen-weight storage a mode asks for.
+fn quant_of(mode: &str) -> Option<QuantConfig> {
+    match mode.rsplit('-').next() {
+        Some("bf16") => Some(QuantConfig::bf16()),
+        Some("int8") => Some(QuantConfig::int8()),
+        Some("nf4") => Some(QuantConfig::nf4()),
+        _ => None,
+    }
+}
 
 fn one_tile_prompt(image_seq_len: usize) -> Vec<u32> {
     let mut ids = vec![1, 11126, 42, 49189, 49152];
@@ -40,9 +59,14 @@ fn run_mode(mode: &str) {
 fn run<AB: AutodiffBackend>(mode: &str) {
     let device = Default::default();
     let config = Preset::SmolVlm256M.config();
-    let mut model = SmolVlm::<AB>::init(&config, 0, &device).expect("preset builds");
+    let quant = quant_of(mode);
+    let source = RandomInit::new(0);
+    let weights = Weights::new(&source, &device).with_quant(quant.as_ref());
+    let mut model = SmolVlm::<AB>::load(&weights, &config).expect("preset builds");
+    let forward_only = mode.starts_with("fwd");
     match mode {
-        "lora" | "sft" | "sft-gc" => {
+        _ if forward_only => {}
+        "lora" | "sft" | "sft-gc" | "sft-bf16" | "sft-int8" | "sft-nf4" => {
             let lora = LoraPreset::TextAttention.config(8, 16.0);
             add_adapter(&mut model, "default", &lora, 0).unwrap();
         }
@@ -66,7 +90,13 @@ fn run<AB: AutodiffBackend>(mode: &str) {
         shape: [1, 1, 3, 512, 512],
         pixel_attention_mask: None,
     };
+    let inference = model.valid();
     let mut step = || {
+        if forward_only {
+            let logits = inference.forward(&tokens, Some(&pixels)).unwrap();
+            drop(logits.into_data());
+            return;
+        }
         let logits = model.forward(&tokens, Some(&pixels)).unwrap();
         let loss = causal_lm_loss(logits, &labels, None).unwrap();
         let grads = loss.backward();
@@ -83,6 +113,10 @@ fn run<AB: AutodiffBackend>(mode: &str) {
         "{{\"mode\": \"{mode}\", \"median_s\": {secs:.3}, \"peak_rss_mib\": {:.0}}}",
         common::peak_rss_mib()
     );
+}
+
+fn forward_only_mode(mode: &str) -> bool {
+    mode.starts_with("fwd")
 }
 
 fn main() {
@@ -109,6 +143,8 @@ fn main() {
             "256M {}, {mode}: vlmtune",
             if mode.starts_with("sft") {
                 "SFT step"
+            } else if forward_only_mode(mode) {
+                "forward"
             } else {
                 "forward+backward"
             }

@@ -62,10 +62,10 @@ fn four_bit_codes_and_statistics_match_bitsandbytes_bit_for_bit() {
         let dequant = bnb::dequantize_4bit(&packed, &absmax, blocksize, kind, n);
         assert_eq!(dequant, fx.f32(&format!("{name}.dequant")).0, "{name}: dequantised");
 
-        // The device form dequantises to the same numbers.
         let rows = shape[0];
         let format = StorageFormat::FourBit { kind, blocksize, double_quant: dq };
-        let on_device = QuantizedWeight::<B>::quantize(&input, [rows, n / rows], format, &Default::default());
+        // The device kernels (CUDA's path) dequantise to the same numbers.
+        let on_device = QuantizedWeight::<B>::quantize_with(&input, [rows, n / rows], format, &Default::default(), false);
         if !dq {
             assert_eq!(host(on_device.dequantize()), dequant, "{name}: device dequantisation");
         } else {
@@ -87,7 +87,7 @@ fn int8_rows_match_bitsandbytes() {
         assert_eq!(stats, fx.f32(&format!("{name}.stats")).0, "{name}: row absmax");
         let dequant = bnb::dequantize_int8_rows(&codes, &stats, shape[1]);
         assert_eq!(dequant, fx.f32(&format!("{name}.dequant")).0, "{name}: dequantised");
-        let on_device = QuantizedWeight::<B>::quantize(&input, [shape[0], shape[1]], StorageFormat::Int8, &Default::default());
+        let on_device = QuantizedWeight::<B>::quantize_with(&input, [shape[0], shape[1]], StorageFormat::Int8, &Default::default(), false);
         assert_eq!(host(on_device.dequantize()), dequant, "{name}: device dequantisation");
     }
 }

@@ -1,25 +1,74 @@
 """PyTorch side of `cargo bench --bench train_step`: forward + backward of the SmolVLM-256M
 architecture (random weights, f32, eager attention, one 512x512 tile, batch 1, 16 labelled
-tokens) with PEFT LoRA r=8 on the text attention, and as a full fine-tune. Each mode runs in
-its own process. Writes target/bench-reference/train_step.json.
+tokens) with PEFT LoRA r=8 on the text attention, and as a full fine-tune; the SFT step with
+the frozen weights quantised by bitsandbytes (`sft-nf4`: NF4 + double quantisation, `sft-int8`;
+text projections, vision/connector/lm_head skipped) and forward passes without autograd
+(`fwd-f32`, `fwd-nf4`, `fwd-int8`). Quantised modes load the same random weights from a
+temporary checkpoint. Each mode runs in its own process. Writes
+target/bench-reference/train_step.json.
 """
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
+from bench_common import RESULTS, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
 
 TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
 
-def run(mode: str) -> dict:
+SKIP = ["model.vision_model", "model.connector", "lm_head"]
+CHECKPOINT = os.path.join(tempfile.gettempdir(), "vlmtune-bench-256m")
+
+
+def quant_config(mode: str):
+    from transformers import BitsAndBytesConfig
+
+    if mode.endswith("nf4"):
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=SKIP)
+    if mode.endswith("int8"):
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP)
+    return None
+
+
+def build(mode: str):
     torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
+    config = quant_config(mode)
+    if config is None:
+        model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
+    else:
+        if not os.path.exists(os.path.join(CHECKPOINT, "config.json")):
+            Idefics3ForConditionalGeneration(smolvlm_256m_config()).save_pretrained(CHECKPOINT)
+        model = Idefics3ForConditionalGeneration.from_pretrained(
+            CHECKPOINT, dtype=torch.float32, quantization_config=config, device_map="cpu")
     model.config._attn_implementation = "eager"
+    return model
+
+
+def run_forward(mode: str) -> dict:
+    model = build(mode)
+    model.eval()
+    ids = one_tile_prompt()
+    pixels = torch.rand(1, 1, 3, 512, 512) * 2 - 1
+
+    def step():
+        with torch.no_grad():
+            model(input_ids=ids, pixel_values=pixels)
+
+    t = time_it(step, warmup=1, runs=3)
+    return dict(t, peak_rss_mib=peak_rss_mib())
+
+
+def run(mode: str) -> dict:
+    if mode.startswith("fwd"):
+        return run_forward(mode)
+    model = build(mode)
     if mode.startswith("lora") or mode.startswith("sft"):
         from peft import LoraConfig, get_peft_model
 
@@ -51,9 +100,18 @@ def main() -> None:
         print(json.dumps(run(sys.argv[2])))
         return
     result = {}
-    for mode in ["lora", "full", "sft", "sft-gc"]:
-        out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True, check=True)
+    modes = sys.argv[1:] or ["lora", "full", "sft", "sft-gc", "sft-nf4", "sft-int8", "fwd-f32", "fwd-nf4", "fwd-int8"]
+    previous = RESULTS / "train_step.json"
+    if os.path.exists(previous):
+        with open(previous) as f:
+            result = json.load(f)
+    for mode in modes:
+        out = subprocess.run([sys.executable, __file__, "--mode", mode], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{mode}: failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
         result[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(mode, result[mode])
     write_result("train_step", result)
 
 

@@ -10,6 +10,10 @@ bitsandbytes.safetensors, for each case `<name>.*`:
   Shapes with an odd element count, a short last block, several blocks of 256 absmax values
   (double quantisation), outliers and an all-zero block.
 
+qlora.safetensors: QLoRA with PEFT on that NF4 + double-quantised model: for the PEFT-saved
+adapters tests/fixtures/peft/smolvlm-lora and smolvlm-dora, `<case>.logits`, `<case>.loss`
+and `<case>.grad.<adapter key>` (gradients of the masked-label batch).
+
 model-4bit.safetensors: logits of tests/fixtures/tiny-smolvlm loaded by transformers with
 `BitsAndBytesConfig` (compute float32, the vision tower, connector and lm_head skipped, as
 vlmtune's default) on the padded batch of tests/fixtures/model/smolvlm.safetensors:
@@ -140,10 +144,58 @@ def model_logits() -> dict[str, torch.Tensor]:
     return out
 
 
+def load_4bit(config):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(CHECKPOINTS["smolvlm"]), dtype=torch.float32, attn_implementation="eager",
+        quantization_config=config, device_map="cpu",
+    )
+    for m in model.modules():
+        if type(m).__name__ == "Linear4bit":
+            m.support_avx512bf16_for_cpu = False
+    return model
+
+
+def qlora_grads() -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig
+
+    fx = load_file(str(FIXTURES / "model" / "smolvlm.safetensors"))
+    inputs = dict(
+        input_ids=fx["batch_input_ids"], attention_mask=fx["batch_attention_mask"],
+        pixel_values=fx["batch_pixel_values"], pixel_attention_mask=fx["batch_pixel_attention_mask"],
+        labels=fx["batch_labels"],
+    )
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=SKIP)
+    out = {}
+    for case in ("smolvlm-lora", "smolvlm-dora"):
+        model = load_4bit(config)
+        peft_model = PeftModel.from_pretrained(model, str(FIXTURES / "peft" / case), is_trainable=True)
+        peft_model.eval()
+        saved = load_file(str(FIXTURES / "peft" / case / "adapter_model.safetensors"))
+        result = peft_model(**inputs)
+        result.loss.backward()
+        params = dict(peft_model.named_parameters())
+        for key in saved:
+            pname = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight").replace(
+                ".lora_magnitude_vector", ".lora_magnitude_vector.default.weight")
+            if key.startswith("base_model.model.lm_head."):
+                pname = "base_model.model.lm_head.modules_to_save.default." + key[len("base_model.model.lm_head."):]
+            out[f"{case}.grad.{key}"] = params[pname].grad.detach().clone()
+        out[f"{case}.logits"] = result.logits.detach().float()
+        out[f"{case}.loss"] = result.loss.detach().reshape(1).float()
+        print(case, "QLoRA loss", result.loss.item(), "adapter tensors", len(saved))
+    return out
+
+
 def main() -> None:
     seed_all(7)
     write_tensors(OUT / "bitsandbytes.safetensors", {**four_bit_cases(), **int8_cases()})
     write_tensors(OUT / "model-4bit.safetensors", model_logits())
+    write_tensors(OUT / "qlora.safetensors", qlora_grads())
 
 
 if __name__ == "__main__":

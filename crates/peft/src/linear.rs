@@ -175,19 +175,26 @@ impl<B: Backend> Linear<B> {
         if let Some(copy) = active.and_then(|n| self.copy(n)) {
             return affine(x, copy.weight.val(), copy.bias.as_ref().map(Param::val));
         }
-        let weight = self.base_weight();
-        let base = x.clone().matmul(weight.clone().transpose());
+        let base = match &self.quantized {
+            // The backward dequantises again rather than keeping the float weight alive.
+            Some(q) => vlmtune_quant::quantized_linear(x.clone(), q),
+            None => x.clone().matmul(self.base_weight().transpose()),
+        };
         let unmerged = active.filter(|n| self.merged.as_ref().is_none_or(|m| m.adapter != *n));
         let mut y = match unmerged.and_then(|n| self.adapter(n)) {
             None => base,
-            Some(lora) => match lora.dora_scale(weight.clone()) {
+            Some(lora) => match lora
+                .magnitude
+                .as_ref()
+                .and_then(|_| lora.dora_scale(self.base_weight()))
+            {
                 None => base + lora.lora_output(lora.dropout_input(x)),
                 Some(scale) => {
                     // DoRA: (m/‖W+ΔW‖ - 1)·(x'Wᵀ) + m/‖W+ΔW‖·scaling·(x'AᵀBᵀ), with x' the
                     // dropped-out input (PEFT recomputes x'Wᵀ only when dropout is active).
                     let dropped = lora.dropout_input(x.clone());
                     let base_dropped = if lora.dropout > 0.0 && B::ad_enabled(&dropped.device()) {
-                        dropped.clone().matmul(weight.transpose())
+                        dropped.clone().matmul(self.base_weight().transpose())
                     } else {
                         base.clone()
                     };

@@ -19,6 +19,7 @@
 //! assert_eq!(t.dims(), [2, 3]);
 //! ```
 
+pub mod autodiff;
 pub mod bnb;
 pub mod config;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod store;
 pub mod tables;
 pub mod weights;
 
+pub use autodiff::quantized_linear;
 pub use bnb::FourBit;
 pub use config::{QuantConfig, StorageFormat};
 pub use error::{QuantError, Result};

@@ -2,10 +2,12 @@
 //! bf16 / f16 (bit patterns, decoded exactly), int8 row-wise, NF4 / FP4 blockwise with
 //! optional double-quantised statistics.
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, IntDType, Tensor, TensorData};
 
-use crate::bnb::{self, DOUBLE_QUANT_BLOCKSIZE};
+use crate::bnb::{self, FourBit, DOUBLE_QUANT_BLOCKSIZE};
 use crate::config::{QuantConfig, StorageFormat};
 
 /// The float16-family formats stored as 16-bit patterns.
@@ -30,7 +32,8 @@ pub struct QuantizedWeight<B: Backend> {
     pub scale_codes: Option<Tensor<B, 1, Int>>,
     /// Double quantisation: absmax of each 256 block absmax values.
     pub scale_absmax: Option<Tensor<B, 1>>,
-    /// Lookup table (4-bit code, dynamic map, or half exponent table).
+    /// Lookup table (4-bit: the code values of each byte's two nibbles, `[256 · 2]`; half:
+    /// the exponent table).
     pub table: Tensor<B, 1>,
     /// Second lookup table (the dynamic map of double quantisation).
     pub table2: Option<Tensor<B, 1>>,
@@ -43,6 +46,44 @@ pub struct QuantizedWeight<B: Backend> {
     /// Double quantisation: the mean of the block absmax values.
     #[module(skip)]
     pub offset: f32,
+    /// On the CPU backend the compact data stays in host memory and is dequantised by the
+    /// reference loops of [`crate::bnb`] (ndarray's gathers cost ~25 ns an element); the
+    /// tensor fields are then one-element placeholders.
+    #[module(skip)]
+    pub host: Option<Arc<HostStorage>>,
+}
+
+/// The compact data of a [`QuantizedWeight`] in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostStorage {
+    /// bf16 / f16 bit patterns.
+    Half {
+        /// The bits.
+        bits: Vec<u16>,
+        /// Which 16-bit format.
+        kind: HalfKind,
+    },
+    /// int8 codes and per-row absmax.
+    Int8 {
+        /// The codes, row-major.
+        codes: Vec<i8>,
+        /// Row absmax values.
+        stats: Vec<f32>,
+    },
+    /// Packed 4-bit codes with plain or double-quantised block absmax.
+    FourBit {
+        /// Two codes per byte.
+        packed: Vec<u8>,
+        /// Block absmax (plain storage).
+        absmax: Option<Vec<f32>>,
+        /// Block absmax (double-quantised storage).
+        double_quant: Option<bnb::DoubleQuant>,
+    },
+}
+
+/// Whether `device` is the CPU (ndarray) device, where host-side dequantisation is faster.
+fn is_host_device<D: 'static>(device: &D) -> bool {
+    (device as &dyn std::any::Any).is::<burn::backend::ndarray::NdArrayDevice>()
 }
 
 /// An integer tensor in the data's own (compact) dtype when the backend supports it.
@@ -65,6 +106,15 @@ fn float_tensor<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
+/// For every byte, the values of its two 4-bit codes (high nibble first), flattened
+/// `[256 · 2]`.
+fn byte_pair_table(kind: FourBit) -> Vec<f32> {
+    let code = kind.code();
+    (0..256usize)
+        .flat_map(|b| [code[b >> 4], code[b & 0x0F]])
+        .collect()
+}
+
 /// `2^(e - bias)` for every exponent field value (subnormals use the minimum exponent).
 fn exponent_table(kind: HalfKind) -> Vec<f32> {
     match kind {
@@ -77,6 +127,18 @@ impl<B: Backend> QuantizedWeight<B> {
     /// Quantises `values` (`[rows, cols]`, row-major) in `format` on the host and uploads the
     /// compact form.
     pub fn quantize(values: &[f32], shape: [usize; 2], format: StorageFormat, device: &B::Device) -> Self {
+        Self::quantize_with(values, shape, format, device, is_host_device(device))
+    }
+
+    /// [`QuantizedWeight::quantize`], choosing where the compact data lives: host memory
+    /// (dequantised by host loops) or device tensors (dequantised by tensor ops, as on CUDA).
+    pub fn quantize_with(
+        values: &[f32],
+        shape: [usize; 2],
+        format: StorageFormat,
+        device: &B::Device,
+        on_host: bool,
+    ) -> Self {
         let n = shape[0] * shape[1];
         let mut out = Self {
             codes: int_tensor(TensorData::new(vec![0i32], [1]), device),
@@ -88,7 +150,12 @@ impl<B: Backend> QuantizedWeight<B> {
             format,
             shape,
             offset: 0.0,
+            host: None,
         };
+        if on_host {
+            out.host = Some(Arc::new(Self::host_storage(values, shape, format)));
+            return out;
+        }
         match format {
             StorageFormat::Bf16 | StorageFormat::F16 => {
                 let kind = if format == StorageFormat::Bf16 { HalfKind::Bf16 } else { HalfKind::F16 };
@@ -115,7 +182,7 @@ impl<B: Backend> QuantizedWeight<B> {
                 let (packed, absmax) = bnb::quantize_4bit(values, blocksize, kind);
                 let m = packed.len();
                 out.codes = int_tensor(TensorData::new(packed, [m]), device);
-                out.table = float_tensor(kind.code().to_vec(), device);
+                out.table = float_tensor(byte_pair_table(kind), device);
                 if double_quant {
                     let dq = bnb::double_quantize(&absmax);
                     let k = dq.codes.len();
@@ -129,6 +196,74 @@ impl<B: Backend> QuantizedWeight<B> {
             }
         }
         out
+    }
+
+    /// The compact form in host memory.
+    fn host_storage(values: &[f32], shape: [usize; 2], format: StorageFormat) -> HostStorage {
+        match format {
+            StorageFormat::Bf16 => HostStorage::Half {
+                bits: values.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect(),
+                kind: HalfKind::Bf16,
+            },
+            StorageFormat::F16 => HostStorage::Half {
+                bits: values.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect(),
+                kind: HalfKind::F16,
+            },
+            StorageFormat::Int8 => {
+                let (codes, stats) = bnb::quantize_int8_rows(values, shape[1]);
+                HostStorage::Int8 { codes, stats }
+            }
+            StorageFormat::FourBit {
+                kind,
+                blocksize,
+                double_quant,
+            } => {
+                let (packed, absmax) = bnb::quantize_4bit(values, blocksize, kind);
+                if double_quant {
+                    HostStorage::FourBit {
+                        packed,
+                        absmax: None,
+                        double_quant: Some(bnb::double_quantize(&absmax)),
+                    }
+                } else {
+                    HostStorage::FourBit {
+                        packed,
+                        absmax: Some(absmax),
+                        double_quant: None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dequantises host storage with the reference loops.
+    fn dequantize_host(&self, host: &HostStorage) -> Vec<f32> {
+        let [rows, cols] = self.shape;
+        match host {
+            HostStorage::Half { bits, kind } => bits
+                .iter()
+                .map(|b| match kind {
+                    HalfKind::Bf16 => half::bf16::from_bits(*b).to_f32(),
+                    HalfKind::F16 => half::f16::from_bits(*b).to_f32(),
+                })
+                .collect(),
+            HostStorage::Int8 { codes, stats } => bnb::dequantize_int8_rows(codes, stats, cols),
+            HostStorage::FourBit {
+                packed,
+                absmax,
+                double_quant,
+            } => {
+                let StorageFormat::FourBit { kind, blocksize, .. } = self.format else {
+                    return vec![0.0; rows * cols];
+                };
+                let absmax = match (absmax, double_quant) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(dq)) => bnb::double_dequantize(dq),
+                    (None, None) => vec![0.0; (rows * cols).div_ceil(blocksize)],
+                };
+                bnb::dequantize_4bit(packed, &absmax, blocksize, kind, rows * cols)
+            }
+        }
     }
 
     /// `[rows, cols]`.
@@ -156,10 +291,15 @@ impl<B: Backend> QuantizedWeight<B> {
         values * scale + self.offset
     }
 
-    /// The weight as f32 `[rows, cols]`, computed on the device.
+    /// The weight as f32 `[rows, cols]`, computed on the device (or, for host storage, on
+    /// the host and uploaded).
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let [rows, cols] = self.shape;
         let n = rows * cols;
+        if let Some(host) = &self.host {
+            let values = self.dequantize_host(host);
+            return Tensor::from_data(TensorData::new(values, [rows, cols]), &self.device());
+        }
         match self.format {
             StorageFormat::Bf16 | StorageFormat::F16 => {
                 let (exp_shift, exp_mask, mant_bits) = match self.format {
@@ -182,15 +322,20 @@ impl<B: Backend> QuantizedWeight<B> {
                 codes * scales.unsqueeze_dim::<2>(1) * inv127
             }
             StorageFormat::FourBit { blocksize, .. } => {
+                // One gather per byte from the 256 x 2 table of code pairs.
                 let packed = widen(self.codes.clone());
                 let m = packed.dims()[0];
-                let high = packed.clone().div_scalar(16);
-                let low = packed.remainder_scalar(16);
-                let codes: Tensor<B, 1, Int> = Tensor::stack::<2>(vec![high, low], 1).reshape([2 * m]).narrow(0, 0, n);
-                let values = self.table.clone().select(0, codes);
+                let pairs: Tensor<B, 2> = self.table.clone().reshape([256, 2]);
+                let values: Tensor<B, 1> = pairs.select(0, packed).reshape([2 * m]);
+                let absmax = self.block_absmax();
                 let blocks = n.div_ceil(blocksize);
-                let scale = repeat_each(self.block_absmax(), blocksize, blocks).narrow(0, 0, n);
-                (values * scale).reshape([rows, cols])
+                if n % blocksize == 0 {
+                    let values: Tensor<B, 2> = values.narrow(0, 0, n).reshape([blocks, blocksize]);
+                    (values * absmax.unsqueeze_dim::<2>(1)).reshape([rows, cols])
+                } else {
+                    let scale = repeat_each(absmax, blocksize, blocks).narrow(0, 0, n);
+                    (values.narrow(0, 0, n) * scale).reshape([rows, cols])
+                }
             }
         }
     }
@@ -228,7 +373,6 @@ pub fn format_for(config: Option<&QuantConfig>, path: &str) -> Option<StorageFor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bnb::FourBit;
 
     type B = burn::backend::NdArray;
 
@@ -246,8 +390,12 @@ mod tests {
             StorageFormat::FourBit { kind: FourBit::Nf4, blocksize: 64, double_quant: false },
             StorageFormat::FourBit { kind: FourBit::Fp4, blocksize: 32, double_quant: true },
         ] {
-            let q = QuantizedWeight::<B>::quantize(&values, shape, format, &dev);
+            // The device kernels (CUDA's path), and the host path of the CPU backend.
+            let q = QuantizedWeight::<B>::quantize_with(&values, shape, format, &dev, false);
             let got = q.dequantize().into_data().to_vec::<f32>().unwrap();
+            let on_host = QuantizedWeight::<B>::quantize(&values, shape, format, &dev);
+            assert!(on_host.host.is_some());
+            assert_eq!(got, on_host.dequantize().into_data().to_vec::<f32>().unwrap(), "{format:?}");
             let want = match format {
                 StorageFormat::Int8 => {
                     let (c, s) = bnb::quantize_int8_rows(&values, 50);
@@ -272,8 +420,10 @@ mod tests {
             (StorageFormat::Bf16, (|v: f32| half::bf16::from_f32(v).to_f32()) as fn(f32) -> f32),
             (StorageFormat::F16, |v: f32| half::f16::from_f32(v).to_f32()),
         ] {
-            let q = QuantizedWeight::<B>::quantize(&values, [2, 4], format, &dev);
+            let q = QuantizedWeight::<B>::quantize_with(&values, [2, 4], format, &dev, false);
             let got = q.dequantize().into_data().to_vec::<f32>().unwrap();
+            let on_host = QuantizedWeight::<B>::quantize(&values, [2, 4], format, &dev);
+            assert_eq!(got, on_host.dequantize().into_data().to_vec::<f32>().unwrap(), "{format:?}");
             let want: Vec<f32> = values.iter().map(|v| round(*v)).collect();
             assert_eq!(got, want, "{format:?}");
         }
