@@ -48,7 +48,12 @@ fn inputs() -> (TokenBatch, PixelBatch, Vec<i64>) {
 
 /// `‖a - b‖ / ‖b‖`.
 fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
-    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+    let diff: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
     diff / b.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12)
 }
 
@@ -58,7 +63,12 @@ fn qlora_logits_loss_and_gradients_match_peft_on_bitsandbytes() {
     let (tokens, pixels, labels) = inputs();
     for case in ["smolvlm-lora", "smolvlm-dora"] {
         let mut model = nf4_model();
-        load_adapter(&mut model, &fixture_path(&format!("peft/{case}")), "default").unwrap();
+        load_adapter(
+            &mut model,
+            &fixture_path(&format!("peft/{case}")),
+            "default",
+        )
+        .unwrap();
         let mut quantised = 0;
         model.visit_linears(&mut |_, l| quantised += usize::from(l.is_quantized()));
         assert_eq!(quantised, 14, "the text projections are 4-bit");
@@ -70,13 +80,22 @@ fn qlora_logits_loss_and_gradients_match_peft_on_bitsandbytes() {
         let mut err = 0.0f32;
         for (p, m) in tokens.attention_mask.iter().enumerate() {
             if *m == 1 {
-                err = err.max(max_abs_diff(&got[p * vocab..(p + 1) * vocab], &want[p * vocab..(p + 1) * vocab]));
+                err = err.max(max_abs_diff(
+                    &got[p * vocab..(p + 1) * vocab],
+                    &want[p * vocab..(p + 1) * vocab],
+                ));
             }
         }
         let loss = causal_lm_loss(logits, &labels, None).unwrap();
-        let (got_loss, want_loss) = (loss.clone().into_scalar(), fx.f32(&format!("{case}.loss")).0[0]);
+        let (got_loss, want_loss) = (
+            loss.clone().into_scalar(),
+            fx.f32(&format!("{case}.loss")).0[0],
+        );
         assert!(err <= 1e-4, "{case}: logits off by {err}");
-        assert!((got_loss - want_loss).abs() <= 1e-5, "{case}: loss {got_loss} vs {want_loss}");
+        assert!(
+            (got_loss - want_loss).abs() <= 1e-5,
+            "{case}: loss {got_loss} vs {want_loss}"
+        );
 
         let grads = loss.backward();
         let prefix = format!("{case}.grad.");
@@ -86,11 +105,20 @@ fn qlora_logits_loss_and_gradients_match_peft_on_bitsandbytes() {
             let key = format!("base_model.model.{path}");
             for lora in &linear.lora {
                 let mut pairs = vec![
-                    (format!("{key}.lora_A.weight"), lora.lora_a.val().grad(&grads).map(|g| host(g))),
-                    (format!("{key}.lora_B.weight"), lora.lora_b.val().grad(&grads).map(|g| host(g))),
+                    (
+                        format!("{key}.lora_A.weight"),
+                        lora.lora_a.val().grad(&grads).map(host),
+                    ),
+                    (
+                        format!("{key}.lora_B.weight"),
+                        lora.lora_b.val().grad(&grads).map(host),
+                    ),
                 ];
                 if let Some(m) = &lora.magnitude {
-                    let g = m.val().grad(&grads).map(|g| g.into_data().to_vec::<f32>().unwrap());
+                    let g = m
+                        .val()
+                        .grad(&grads)
+                        .map(|g| g.into_data().to_vec::<f32>().unwrap());
                     pairs.push((format!("{key}.lora_magnitude_vector"), g));
                 }
                 for (name, got) in pairs {
@@ -102,7 +130,10 @@ fn qlora_logits_loss_and_gradients_match_peft_on_bitsandbytes() {
         });
         eprintln!("{case}: QLoRA logits {err:.2e}, loss {got_loss} vs {want_loss}, adapter gradients max rel {worst:.2e} over {checked}");
         assert!(checked > 0);
-        assert!(worst <= 1e-5, "{case}: adapter gradient relative error {worst}");
+        assert!(
+            worst <= 1e-5,
+            "{case}: adapter gradient relative error {worst}"
+        );
     }
 }
 
@@ -132,7 +163,9 @@ fn sft_losses(quant: Option<QuantConfig>) -> (Vec<f64>, vlmtune_peft::MemoryRepo
         progress_bar: false,
         ..TrainingArgs::default()
     };
-    let mut trainer = SftTrainer::new(model, args, collator, data, dev).unwrap().with_adapter(lora);
+    let mut trainer = SftTrainer::new(model, args, collator, data, dev)
+        .unwrap()
+        .with_adapter(lora);
     (trainer.train().unwrap(), memory)
 }
 
@@ -141,7 +174,13 @@ fn qlora_sft_loss_falls_like_the_f32_run() {
     let (f32_losses, f32_memory) = sft_losses(None);
     let (nf4_losses, nf4_memory) = sft_losses(Some(QuantConfig::nf4()));
     let tail = |l: &[f64]| l[l.len() - 5..].iter().sum::<f64>() / 5.0;
-    eprintln!("f32 loss {:.3} -> {:.3}; NF4+DQ loss {:.3} -> {:.3}", f32_losses[0], tail(&f32_losses), nf4_losses[0], tail(&nf4_losses));
+    eprintln!(
+        "f32 loss {:.3} -> {:.3}; NF4+DQ loss {:.3} -> {:.3}",
+        f32_losses[0],
+        tail(&f32_losses),
+        nf4_losses[0],
+        tail(&nf4_losses)
+    );
     eprintln!("f32: {f32_memory}\nNF4: {nf4_memory}");
     eprintln!("{f32_losses:.3?}\n{nf4_losses:.3?}");
     // Both runs learn the three examples ...
@@ -150,11 +189,24 @@ fn qlora_sft_loss_falls_like_the_f32_run() {
     // ... the quantised curve stays within 5% of the starting loss of the f32 one at every
     // step (measured: 0.22 at step 0, the quantisation itself, 0.13 at most after), and ends
     // where it ends, within 0.1 nats per token.
-    let gap = f32_losses.iter().zip(&nf4_losses).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(gap <= 0.05 * f32_losses[0], "{f32_losses:?}\n{nf4_losses:?}");
-    assert!((tail(&nf4_losses) - tail(&f32_losses)).abs() <= 0.1, "{f32_losses:?}\n{nf4_losses:?}");
+    let gap = f32_losses
+        .iter()
+        .zip(&nf4_losses)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        gap <= 0.05 * f32_losses[0],
+        "{f32_losses:?}\n{nf4_losses:?}"
+    );
+    assert!(
+        (tail(&nf4_losses) - tail(&f32_losses)).abs() <= 0.1,
+        "{f32_losses:?}\n{nf4_losses:?}"
+    );
     // Frozen 4-bit weights: at most 0.52 bytes per parameter (blocksize 64, DQ).
-    assert!(nf4_memory.quantized_bytes_per_param() <= 0.52, "{nf4_memory}");
+    assert!(
+        nf4_memory.quantized_bytes_per_param() <= 0.52,
+        "{nf4_memory}"
+    );
     assert_eq!(nf4_memory.trainable_params, f32_memory.trainable_params);
     assert!(nf4_memory.frozen_bytes < f32_memory.frozen_bytes);
 }

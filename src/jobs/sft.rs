@@ -386,3 +386,39 @@ pub fn run_sft<AB: AutodiffBackend>(
         chance_accuracy: synthetic.then(synthetic::chance_accuracy),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SftJobConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sft.toml");
+        std::fs::write(&path, text).unwrap();
+        SftJobConfig::from_file(&path)
+    }
+
+    #[test]
+    fn example_config_and_quant_section_parse() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sft.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let c = parse(&text).unwrap();
+        assert_eq!(c.training.learning_rate, 2e-4);
+        assert_eq!(c.quant, None);
+        // The commented QLoRA section, switched on.
+        let qlora = text
+            .replace("# [quant]", "[quant]")
+            .replace("# load_in_4bit", "load_in_4bit");
+        let qlora = qlora
+            .replace("# bnb_4bit", "bnb_4bit")
+            .replace("# llm_int8", "llm_int8");
+        assert_eq!(parse(&qlora).unwrap().quant, Some(QuantConfig::nf4()));
+        let err = parse("[quant]\nload_in_4bits = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("quant") && err.contains("load_in_4bits"),
+            "{err}"
+        );
+    }
+}

@@ -256,7 +256,9 @@ fn thousands(n: usize) -> String {
 
 /// Counts the trainable and total parameters of `module` (quantised base weights by their
 /// logical size, as PEFT counts 4-bit parameters).
-pub fn trainable_report<B: Backend, M: Module<B> + LinearModules<B>>(module: &M) -> TrainableReport {
+pub fn trainable_report<B: Backend, M: Module<B> + LinearModules<B>>(
+    module: &M,
+) -> TrainableReport {
     let memory = crate::memory::memory_report::<B, M>(module);
     TrainableReport {
         trainable: memory.trainable_params,

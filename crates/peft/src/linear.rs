@@ -137,7 +137,11 @@ impl<B: Backend> Linear<B> {
             (None, Some(q)) => q.storage_bytes(),
             (None, None) => 0,
         };
-        weight + self.bias.as_ref().map_or(0, |b| 4 * b.shape().num_elements())
+        weight
+            + self
+                .bias
+                .as_ref()
+                .map_or(0, |b| 4 * b.shape().num_elements())
     }
 
     /// The adapter the forward pass applies, if any.

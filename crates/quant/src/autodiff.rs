@@ -30,10 +30,11 @@ pub fn quantized_linear<B: Backend>(x: Tensor<B, 2>, q: &QuantizedWeight<B>) -> 
             Ok(y) => return y,
             Err(x) => x,
         };
-        let x = match recompute_in_backward::<B, burn::backend::NdArray, BalancedCheckpointing>(x, q) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
+        let x =
+            match recompute_in_backward::<B, burn::backend::NdArray, BalancedCheckpointing>(x, q) {
+                Ok(y) => return y,
+                Err(x) => x,
+            };
         #[cfg(feature = "cuda")]
         let x = {
             type F32 = burn_cuda::Cuda;
@@ -137,12 +138,23 @@ mod tests {
     #[test]
     fn custom_backward_equals_the_plain_matmul() {
         let dev = Default::default();
-        let values: Vec<f32> = (0..6 * 40).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
-        let format = StorageFormat::FourBit { kind: FourBit::Nf4, blocksize: 64, double_quant: true };
+        let values: Vec<f32> = (0..6 * 40)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let format = StorageFormat::FourBit {
+            kind: FourBit::Nf4,
+            blocksize: 64,
+            double_quant: true,
+        };
         let q = QuantizedWeight::<AB>::quantize(&values, [6, 40], format, &dev);
         let xs: Vec<f32> = (0..3 * 40).map(|i| (i as f32 * 0.37).sin()).collect();
-        let x = || Tensor::<AB, 2>::from_data(TensorData::new(xs.clone(), [3, 40]), &dev).require_grad();
-        let weights = Tensor::<AB, 2>::from_data(TensorData::new((0..18).map(|v| v as f32 - 9.0).collect::<Vec<_>>(), [3, 6]), &dev);
+        let x = || {
+            Tensor::<AB, 2>::from_data(TensorData::new(xs.clone(), [3, 40]), &dev).require_grad()
+        };
+        let weights = Tensor::<AB, 2>::from_data(
+            TensorData::new((0..18).map(|v| v as f32 - 9.0).collect::<Vec<_>>(), [3, 6]),
+            &dev,
+        );
 
         let x1 = x();
         let y1 = quantized_linear(x1.clone(), &q);

@@ -35,7 +35,11 @@ impl FourBit {
         let code = self.code();
         let mut order: Vec<u8> = (0..16).collect();
         // torch.argsort is stable here: FP4's two zeros keep their order.
-        order.sort_by(|a, b| code[*a as usize].total_cmp(&code[*b as usize]).then(a.cmp(b)));
+        order.sort_by(|a, b| {
+            code[*a as usize]
+                .total_cmp(&code[*b as usize])
+                .then(a.cmp(b))
+        });
         let sorted: Vec<f32> = order.iter().map(|i| code[*i as usize]).collect();
         let mut bounds = [0.0f32; 15];
         for i in 0..15 {
@@ -84,12 +88,21 @@ pub fn quantize_4bit(values: &[f32], blocksize: usize, kind: FourBit) -> (Vec<u8
         scaled.push(0.0);
     }
     let code = |x: f32| order[bucketize(x, &bounds)];
-    let packed = scaled.chunks(2).map(|c| (code(c[0]) << 4) | code(c[1])).collect();
+    let packed = scaled
+        .chunks(2)
+        .map(|c| (code(c[0]) << 4) | code(c[1]))
+        .collect();
     (packed, absmax)
 }
 
 /// Unpacks 4-bit codes and scales them back: `code[q] · absmax[block]`.
-pub fn dequantize_4bit(packed: &[u8], absmax: &[f32], blocksize: usize, kind: FourBit, n: usize) -> Vec<f32> {
+pub fn dequantize_4bit(
+    packed: &[u8],
+    absmax: &[f32],
+    blocksize: usize,
+    kind: FourBit,
+    n: usize,
+) -> Vec<f32> {
     let code = kind.code();
     (0..n)
         .map(|i| {
@@ -171,7 +184,8 @@ pub const DOUBLE_QUANT_BLOCKSIZE: usize = 256;
 /// The mean is summed in f64 and rounded once (torch sums in float32 with a cascade, which
 /// can differ in the last bit).
 pub fn double_quantize(absmax: &[f32]) -> DoubleQuant {
-    let offset = (absmax.iter().map(|v| f64::from(*v)).sum::<f64>() / absmax.len().max(1) as f64) as f32;
+    let offset =
+        (absmax.iter().map(|v| f64::from(*v)).sum::<f64>() / absmax.len().max(1) as f64) as f32;
     double_quantize_with_offset(absmax, offset)
 }
 
@@ -225,7 +239,9 @@ mod tests {
 
     #[test]
     fn four_bit_round_trip_hits_table_values() {
-        let values: Vec<f32> = (0..130).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let values: Vec<f32> = (0..130)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         for kind in [FourBit::Nf4, FourBit::Fp4] {
             let (packed, absmax) = quantize_4bit(&values, 64, kind);
             assert_eq!(packed.len(), 65);

@@ -38,13 +38,18 @@ fn d_compute() -> String {
     "float32".into()
 }
 fn d_skip() -> Vec<String> {
-    vec!["model.vision_model".into(), "model.connector".into(), "lm_head".into()]
+    vec![
+        "model.vision_model".into(),
+        "model.connector".into(),
+        "lm_head".into(),
+    ]
 }
 
 /// transformers' `BitsAndBytesConfig` field names, with its defaults (`bnb_4bit_quant_type`
 /// defaults to `fp4` there too), plus `blocksize` (32..4096) and `storage_dtype` for 16-bit
 /// storage of every frozen weight that is not quantised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QuantConfig {
     /// int8 row-wise storage.
     #[serde(default)]
@@ -109,15 +114,35 @@ impl QuantConfig {
 
     /// Checks the settings; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, message: String| Err(QuantError::Config { field: field.into(), message });
+        let bad = |field: &str, message: String| {
+            Err(QuantError::Config {
+                field: field.into(),
+                message,
+            })
+        };
         if self.load_in_4bit && self.load_in_8bit {
-            return bad("load_in_4bit", "load_in_4bit and load_in_8bit are exclusive".into());
+            return bad(
+                "load_in_4bit",
+                "load_in_4bit and load_in_8bit are exclusive".into(),
+            );
         }
         if !(32..=4096).contains(&self.blocksize) || !self.blocksize.is_power_of_two() {
-            return bad("blocksize", format!("{} is not a power of two in 32..=4096", self.blocksize));
+            return bad(
+                "blocksize",
+                format!("{} is not a power of two in 32..=4096", self.blocksize),
+            );
         }
-        if !matches!(self.bnb_4bit_compute_dtype.as_str(), "float32" | "bfloat16" | "float16") {
-            return bad("bnb_4bit_compute_dtype", format!("`{}` is not float32, bfloat16 or float16", self.bnb_4bit_compute_dtype));
+        if !matches!(
+            self.bnb_4bit_compute_dtype.as_str(),
+            "float32" | "bfloat16" | "float16"
+        ) {
+            return bad(
+                "bnb_4bit_compute_dtype",
+                format!(
+                    "`{}` is not float32, bfloat16 or float16",
+                    self.bnb_4bit_compute_dtype
+                ),
+            );
         }
         if let Some(d) = &self.storage_dtype {
             if d != "bf16" && d != "f16" {
@@ -170,18 +195,34 @@ mod tests {
         let c = QuantConfig::nf4();
         assert_eq!(c.format_for("lm_head"), None);
         // Matched from the start to a module boundary, or as a suffix (transformers' rule).
-        let c2 = QuantConfig { llm_int8_skip_modules: vec!["model.text_model.layers.1".into(), "k_proj".into()], ..QuantConfig::nf4() };
+        let c2 = QuantConfig {
+            llm_int8_skip_modules: vec!["model.text_model.layers.1".into(), "k_proj".into()],
+            ..QuantConfig::nf4()
+        };
         assert!(c2.skips("model.text_model.layers.1.mlp.up_proj"));
         assert!(!c2.skips("model.text_model.layers.11.mlp.up_proj"));
         assert!(c2.skips("model.text_model.layers.3.self_attn.k_proj"));
         assert!(!c2.skips("model.text_model.layers.3.self_attn.q_proj"));
-        assert_eq!(c.format_for("model.vision_model.encoder.layers.0.mlp.fc1"), None);
+        assert_eq!(
+            c.format_for("model.vision_model.encoder.layers.0.mlp.fc1"),
+            None
+        );
         assert!(matches!(
             c.format_for("model.text_model.layers.0.mlp.up_proj"),
-            Some(StorageFormat::FourBit { kind: FourBit::Nf4, blocksize: 64, double_quant: true })
+            Some(StorageFormat::FourBit {
+                kind: FourBit::Nf4,
+                blocksize: 64,
+                double_quant: true
+            })
         ));
         assert_eq!(QuantConfig::default().bnb_4bit_quant_type, FourBit::Fp4);
-        let err = QuantConfig { blocksize: 48, ..QuantConfig::nf4() }.validate().unwrap_err().to_string();
+        let err = QuantConfig {
+            blocksize: 48,
+            ..QuantConfig::nf4()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("blocksize"), "{err}");
     }
 }

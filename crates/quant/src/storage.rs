@@ -126,7 +126,12 @@ fn exponent_table(kind: HalfKind) -> Vec<f32> {
 impl<B: Backend> QuantizedWeight<B> {
     /// Quantises `values` (`[rows, cols]`, row-major) in `format` on the host and uploads the
     /// compact form.
-    pub fn quantize(values: &[f32], shape: [usize; 2], format: StorageFormat, device: &B::Device) -> Self {
+    pub fn quantize(
+        values: &[f32],
+        shape: [usize; 2],
+        format: StorageFormat,
+        device: &B::Device,
+    ) -> Self {
         Self::quantize_with(values, shape, format, device, is_host_device(device))
     }
 
@@ -158,7 +163,11 @@ impl<B: Backend> QuantizedWeight<B> {
         }
         match format {
             StorageFormat::Bf16 | StorageFormat::F16 => {
-                let kind = if format == StorageFormat::Bf16 { HalfKind::Bf16 } else { HalfKind::F16 };
+                let kind = if format == StorageFormat::Bf16 {
+                    HalfKind::Bf16
+                } else {
+                    HalfKind::F16
+                };
                 let bits: Vec<u16> = values
                     .iter()
                     .map(|v| match kind {
@@ -202,11 +211,17 @@ impl<B: Backend> QuantizedWeight<B> {
     fn host_storage(values: &[f32], shape: [usize; 2], format: StorageFormat) -> HostStorage {
         match format {
             StorageFormat::Bf16 => HostStorage::Half {
-                bits: values.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect(),
+                bits: values
+                    .iter()
+                    .map(|v| half::bf16::from_f32(*v).to_bits())
+                    .collect(),
                 kind: HalfKind::Bf16,
             },
             StorageFormat::F16 => HostStorage::Half {
-                bits: values.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect(),
+                bits: values
+                    .iter()
+                    .map(|v| half::f16::from_f32(*v).to_bits())
+                    .collect(),
                 kind: HalfKind::F16,
             },
             StorageFormat::Int8 => {
@@ -253,7 +268,10 @@ impl<B: Backend> QuantizedWeight<B> {
                 absmax,
                 double_quant,
             } => {
-                let StorageFormat::FourBit { kind, blocksize, .. } = self.format else {
+                let StorageFormat::FourBit {
+                    kind, blocksize, ..
+                } = self.format
+                else {
                     return vec![0.0; rows * cols];
                 };
                 let absmax = match (absmax, double_quant) {
@@ -281,7 +299,9 @@ impl<B: Backend> QuantizedWeight<B> {
         if let Some(s) = &self.scales {
             return s.clone();
         }
-        let (Some(codes), Some(absmax2), Some(table2)) = (&self.scale_codes, &self.scale_absmax, &self.table2) else {
+        let (Some(codes), Some(absmax2), Some(table2)) =
+            (&self.scale_codes, &self.scale_absmax, &self.table2)
+        else {
             return float_tensor(vec![], &self.device());
         };
         let n = codes.dims()[0];
@@ -308,7 +328,10 @@ impl<B: Backend> QuantizedWeight<B> {
                 };
                 let bits = widen(self.codes.clone());
                 let sign = bits.clone().div_scalar(32768);
-                let exponent = bits.clone().div_scalar(1 << exp_shift).remainder_scalar(exp_mask + 1);
+                let exponent = bits
+                    .clone()
+                    .div_scalar(1 << exp_shift)
+                    .remainder_scalar(exp_mask + 1);
                 let mantissa = bits.remainder_scalar(1 << exp_shift).float() / mant_bits;
                 let normal = exponent.clone().greater_elem(0).float();
                 let magnitude = self.table.clone().select(0, exponent) * (normal + mantissa);
@@ -317,7 +340,10 @@ impl<B: Backend> QuantizedWeight<B> {
             }
             StorageFormat::Int8 => {
                 let inv127 = 7.874015718698502e-3_f64 as f32;
-                let scales = self.scales.clone().unwrap_or_else(|| float_tensor(vec![1.0; rows], &self.device()));
+                let scales = self
+                    .scales
+                    .clone()
+                    .unwrap_or_else(|| float_tensor(vec![1.0; rows], &self.device()));
                 let codes: Tensor<B, 2> = widen(self.codes.clone()).float().reshape([rows, cols]);
                 codes * scales.unsqueeze_dim::<2>(1) * inv127
             }
@@ -347,7 +373,11 @@ impl<B: Backend> QuantizedWeight<B> {
         match self.format {
             StorageFormat::Bf16 | StorageFormat::F16 => 2 * n,
             StorageFormat::Int8 => n + 4 * rows,
-            StorageFormat::FourBit { blocksize, double_quant, .. } => {
+            StorageFormat::FourBit {
+                blocksize,
+                double_quant,
+                ..
+            } => {
                 let blocks = n.div_ceil(blocksize);
                 let stats = if double_quant {
                     blocks + 4 * blocks.div_ceil(DOUBLE_QUANT_BLOCKSIZE) + 4
@@ -362,7 +392,10 @@ impl<B: Backend> QuantizedWeight<B> {
 
 /// `[k]` -> `[k·times]` with each value repeated `times` times in place.
 fn repeat_each<B: Backend>(t: Tensor<B, 1>, times: usize, k: usize) -> Tensor<B, 1> {
-    t.narrow(0, 0, k).unsqueeze_dim::<2>(1).expand([k, times]).reshape([k * times])
+    t.narrow(0, 0, k)
+        .unsqueeze_dim::<2>(1)
+        .expand([k, times])
+        .reshape([k * times])
 }
 
 /// The format `config` gives the weight at `path`, if any.
@@ -377,7 +410,9 @@ mod tests {
     type B = burn::backend::NdArray;
 
     fn sample(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7919 % 997) as f32 - 498.0) / 311.0).collect()
+        (0..n)
+            .map(|i| ((i * 7919 % 997) as f32 - 498.0) / 311.0)
+            .collect()
     }
 
     #[test]
@@ -387,23 +422,43 @@ mod tests {
         let values = sample(300);
         for format in [
             StorageFormat::Int8,
-            StorageFormat::FourBit { kind: FourBit::Nf4, blocksize: 64, double_quant: false },
-            StorageFormat::FourBit { kind: FourBit::Fp4, blocksize: 32, double_quant: true },
+            StorageFormat::FourBit {
+                kind: FourBit::Nf4,
+                blocksize: 64,
+                double_quant: false,
+            },
+            StorageFormat::FourBit {
+                kind: FourBit::Fp4,
+                blocksize: 32,
+                double_quant: true,
+            },
         ] {
             // The device kernels (CUDA's path), and the host path of the CPU backend.
             let q = QuantizedWeight::<B>::quantize_with(&values, shape, format, &dev, false);
             let got = q.dequantize().into_data().to_vec::<f32>().unwrap();
             let on_host = QuantizedWeight::<B>::quantize(&values, shape, format, &dev);
             assert!(on_host.host.is_some());
-            assert_eq!(got, on_host.dequantize().into_data().to_vec::<f32>().unwrap(), "{format:?}");
+            assert_eq!(
+                got,
+                on_host.dequantize().into_data().to_vec::<f32>().unwrap(),
+                "{format:?}"
+            );
             let want = match format {
                 StorageFormat::Int8 => {
                     let (c, s) = bnb::quantize_int8_rows(&values, 50);
                     bnb::dequantize_int8_rows(&c, &s, 50)
                 }
-                StorageFormat::FourBit { kind, blocksize, double_quant } => {
+                StorageFormat::FourBit {
+                    kind,
+                    blocksize,
+                    double_quant,
+                } => {
                     let (p, a) = bnb::quantize_4bit(&values, blocksize, kind);
-                    let a = if double_quant { bnb::double_dequantize(&bnb::double_quantize(&a)) } else { a };
+                    let a = if double_quant {
+                        bnb::double_dequantize(&bnb::double_quantize(&a))
+                    } else {
+                        a
+                    };
                     bnb::dequantize_4bit(&p, &a, blocksize, kind, 300)
                 }
                 _ => unreachable!(),
@@ -415,15 +470,31 @@ mod tests {
     #[test]
     fn half_storage_decodes_exactly() {
         let dev = Default::default();
-        let values = vec![1.0f32, -2.5, 3.0e-3, 1.0e-40, 65504.0, -0.0, 0.333_333_34, 1.5e-5];
+        let values = vec![
+            1.0f32,
+            -2.5,
+            3.0e-3,
+            1.0e-40,
+            65504.0,
+            -0.0,
+            0.333_333_34,
+            1.5e-5,
+        ];
         for (format, round) in [
-            (StorageFormat::Bf16, (|v: f32| half::bf16::from_f32(v).to_f32()) as fn(f32) -> f32),
+            (
+                StorageFormat::Bf16,
+                (|v: f32| half::bf16::from_f32(v).to_f32()) as fn(f32) -> f32,
+            ),
             (StorageFormat::F16, |v: f32| half::f16::from_f32(v).to_f32()),
         ] {
             let q = QuantizedWeight::<B>::quantize_with(&values, [2, 4], format, &dev, false);
             let got = q.dequantize().into_data().to_vec::<f32>().unwrap();
             let on_host = QuantizedWeight::<B>::quantize(&values, [2, 4], format, &dev);
-            assert_eq!(got, on_host.dequantize().into_data().to_vec::<f32>().unwrap(), "{format:?}");
+            assert_eq!(
+                got,
+                on_host.dequantize().into_data().to_vec::<f32>().unwrap(),
+                "{format:?}"
+            );
             let want: Vec<f32> = values.iter().map(|v| round(*v)).collect();
             assert_eq!(got, want, "{format:?}");
         }

@@ -176,6 +176,12 @@ fn pixels_of(
     })
 }
 
+/// Metric name and value pairs, TRL's names.
+pub type NamedMetrics = Vec<(&'static str, f64)>;
+
+/// Per row: mean logit, correctly predicted targets, targets.
+type RowStats = (f64, usize, usize);
+
 /// Log-probabilities of `rows` ([n, D] hidden states, one per target) for `targets`, split
 /// into rows of `lengths`.
 fn score_rows<B: Backend>(
@@ -183,7 +189,7 @@ fn score_rows<B: Backend>(
     hidden: Tensor<B, 2>,
     targets: &[i64],
     lengths: &[usize],
-) -> Result<(Vec<Tensor<B, 1>>, Vec<(f64, usize, usize)>)> {
+) -> Result<(Vec<Tensor<B, 1>>, Vec<RowStats>)> {
     let logits: Tensor<B, 2> = model.lm_head(hidden.unsqueeze_dim(0)).squeeze_dim(0);
     let mean_logits = host(logits.clone().detach().mean_dim(1))?;
     let predicted: Vec<i64> = logits
@@ -395,7 +401,7 @@ pub fn dpo_loss<B: Backend>(
     policy: &SequenceLogps<B>,
     ref_chosen: &[f64],
     ref_rejected: &[f64],
-) -> Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)> {
+) -> Result<(Tensor<B, 1>, NamedMetrics)> {
     let n = ref_chosen.len();
     let device = policy.logps.device();
     let t = |v: &[f64]| {
@@ -575,7 +581,7 @@ impl<AB: AutodiffBackend> DpoObjective<AB> {
         &self,
         policy: &SmolVlm<AB>,
         batch: &PreferenceBatch,
-    ) -> Result<(Tensor<AB, 1>, Vec<(&'static str, f64)>)> {
+    ) -> Result<(Tensor<AB, 1>, NamedMetrics)> {
         let shared: Option<Vec<Option<Tensor<AB::InnerBackend, 3>>>> =
             if self.share_features && self.config.shared_prefix {
                 let inner = policy.valid();
