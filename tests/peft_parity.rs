@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Tensor;
-use common::{fixture_path, host, max_abs_diff, Fixture, AB, B};
-use vlmtune_model::{causal_lm_loss, load_dir, PixelBatch, SmolVlm, TokenBatch};
+use common::{fixture_path, host, masked_logits_error, model_batch, Fixture, AB, B};
+use vlmtune_model::{causal_lm_loss, load_dir, SmolVlm};
 use vlmtune_peft::{
     add_adapter, load_adapter, merge_and_unload, save_adapter, set_adapters_enabled,
     trainable_report, LinearModules, LoraConfig, LoraPreset, ModuleSelector,
@@ -23,44 +23,6 @@ const CASES: [(&str, &str); 4] = [
     ("idefics3-rslora", "idefics3"),
     ("idefics3-layers", "idefics3"),
 ];
-
-fn inputs(kind: &str) -> (TokenBatch, PixelBatch, Vec<i64>) {
-    let fx = Fixture::open(&format!("model/{kind}.safetensors"));
-    let (ids, shape) = fx.i64("batch_input_ids");
-    let (mask, _) = fx.i64("batch_attention_mask");
-    let (pixels, pshape) = fx.f32("batch_pixel_values");
-    let (pmask, _) = fx.i64("batch_pixel_attention_mask");
-    let (labels, _) = fx.i64("batch_labels");
-    (
-        TokenBatch {
-            input_ids: ids.iter().map(|i| *i as u32).collect(),
-            attention_mask: mask.iter().map(|m| *m as u8).collect(),
-            batch_size: shape[0],
-            seq_len: shape[1],
-        },
-        PixelBatch {
-            pixel_values: pixels,
-            shape: pshape.try_into().unwrap(),
-            pixel_attention_mask: Some(pmask.iter().map(|m| *m as u8).collect()),
-        },
-        labels,
-    )
-}
-
-/// Max abs logit error over the positions with attention.
-fn logits_error(got: &[f32], want: &[f32], mask: &[u8]) -> f32 {
-    let vocab = want.len() / mask.len();
-    mask.iter()
-        .enumerate()
-        .filter(|(_, m)| **m == 1)
-        .map(|(p, _)| {
-            max_abs_diff(
-                &got[p * vocab..(p + 1) * vocab],
-                &want[p * vocab..(p + 1) * vocab],
-            )
-        })
-        .fold(0.0, f32::max)
-}
 
 fn model<Bk: burn::tensor::backend::Backend>(kind: &str) -> SmolVlm<Bk> {
     load_dir::<Bk>(&fixture_path(&format!("tiny-{kind}")), &Default::default()).unwrap()
@@ -103,12 +65,12 @@ fn adapter_grads(
 fn peft_adapters_give_peft_logits_loss_and_gradients() {
     for (case, kind) in CASES {
         let fx = Fixture::open(&format!("peft/{case}.safetensors"));
-        let (tokens, pixels, labels) = inputs(kind);
+        let (tokens, pixels, labels) = model_batch(kind);
         let mut m = model::<AB>(kind);
         load_adapter(&mut m, &fixture_path(&format!("peft/{case}")), "default").unwrap();
 
         let logits = m.forward(&tokens, Some(&pixels)).unwrap();
-        let err = logits_error(
+        let err = masked_logits_error(
             &host(logits.clone().inner()),
             &fx.f32("logits").0,
             &tokens.attention_mask,
@@ -159,14 +121,15 @@ fn peft_adapters_give_peft_logits_loss_and_gradients() {
 fn merged_models_match_adapter_logits() {
     for (case, kind) in CASES {
         let fx = Fixture::open(&format!("peft/{case}.safetensors"));
-        let (tokens, pixels, _) = inputs(kind);
+        let (tokens, pixels, _) = model_batch(kind);
         let mut m = model::<B>(kind);
         load_adapter(&mut m, &fixture_path(&format!("peft/{case}")), "default").unwrap();
         let unmerged = host(m.forward(&tokens, Some(&pixels)).unwrap());
         merge_and_unload(&mut m).unwrap();
         let merged = host(m.forward(&tokens, Some(&pixels)).unwrap());
-        let self_err = logits_error(&merged, &unmerged, &tokens.attention_mask);
-        let peft_err = logits_error(&merged, &fx.f32("merged_logits").0, &tokens.attention_mask);
+        let self_err = masked_logits_error(&merged, &unmerged, &tokens.attention_mask);
+        let peft_err =
+            masked_logits_error(&merged, &fx.f32("merged_logits").0, &tokens.attention_mask);
         eprintln!("{case}: merged vs adapter {self_err:.2e}, vs PEFT merged {peft_err:.2e}");
         assert!(
             self_err <= 1e-4 && peft_err <= 1e-4,
@@ -186,7 +149,7 @@ fn merged_models_match_adapter_logits() {
 
 #[test]
 fn disabling_adapters_gives_the_base_model() {
-    let (tokens, pixels, _) = inputs("smolvlm");
+    let (tokens, pixels, _) = model_batch("smolvlm");
     let base = host(
         model::<B>("smolvlm")
             .forward(&tokens, Some(&pixels))
@@ -199,7 +162,7 @@ fn disabling_adapters_gives_the_base_model() {
     assert_eq!(off, base);
     set_adapters_enabled(&mut m, true).unwrap();
     let on = host(m.forward(&tokens, Some(&pixels)).unwrap());
-    assert!(logits_error(&on, &base, &tokens.attention_mask) > 1e-2);
+    assert!(masked_logits_error(&on, &base, &tokens.attention_mask) > 1e-2);
 }
 
 #[test]
@@ -261,7 +224,7 @@ fn saved_adapters_have_peft_keys_and_values() {
 /// to rewrite the committed files; otherwise they must equal what this code writes.
 #[test]
 fn adapter_written_by_vlmtune_is_stable() {
-    let (tokens, pixels, _) = inputs("smolvlm");
+    let (tokens, pixels, _) = model_batch("smolvlm");
     let mut m = model::<B>("smolvlm");
     let mut config = LoraPreset::VisionAndText.config(4, 8.0);
     config.init_lora_weights = vlmtune_peft::InitLoraWeights::Bool(false);
@@ -306,7 +269,7 @@ fn adapter_written_by_vlmtune_is_stable() {
     let want = Fixture::open("peft/saved-by-vlmtune.safetensors")
         .f32("logits")
         .0;
-    let err = logits_error(&values, &want, &tokens.attention_mask);
+    let err = masked_logits_error(&values, &want, &tokens.attention_mask);
     assert!(
         err <= 1e-4,
         "logits moved by {err} since the fixture was written"
@@ -400,12 +363,12 @@ fn cli_merge_writes_a_checkpoint_with_the_adapter_logits() {
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    let (tokens, pixels, _) = inputs("smolvlm");
+    let (tokens, pixels, _) = model_batch("smolvlm");
     let merged = load_dir::<B>(&out, &Default::default()).unwrap();
     let got = host(merged.forward(&tokens, Some(&pixels)).unwrap());
     let want = Fixture::open("peft/smolvlm-lora.safetensors")
         .f32("logits")
         .0;
-    let err = logits_error(&got, &want, &tokens.attention_mask);
+    let err = masked_logits_error(&got, &want, &tokens.attention_mask);
     assert!(err <= 1e-4, "merged checkpoint logits error {err}");
 }

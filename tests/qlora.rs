@@ -7,11 +7,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{fixture_path, host, max_abs_diff, Fixture, AB};
+use common::{fixture_path, host, masked_logits_error, model_batch, Fixture, AB};
 use vlmtune_data::collate::{CollatorConfig, SftCollator};
 use vlmtune_data::dataset::jsonl;
 use vlmtune_data::{DatasetFormat, Processor};
-use vlmtune_model::{causal_lm_loss, load_dir_with, LoadOptions, PixelBatch, SmolVlm, TokenBatch};
+use vlmtune_model::{causal_lm_loss, load_dir_with, LoadOptions, SmolVlm};
 use vlmtune_peft::{add_adapter, load_adapter, memory_report, LinearModules, LoraPreset};
 use vlmtune_quant::QuantConfig;
 use vlmtune_train::{SftTrainer, TrainingArgs};
@@ -21,29 +21,6 @@ fn nf4_model() -> SmolVlm<AB> {
         quant: Some(QuantConfig::nf4()),
     };
     load_dir_with::<AB>(&fixture_path("tiny-smolvlm"), &options, &Default::default()).unwrap()
-}
-
-fn inputs() -> (TokenBatch, PixelBatch, Vec<i64>) {
-    let fx = Fixture::open("model/smolvlm.safetensors");
-    let (ids, shape) = fx.i64("batch_input_ids");
-    let (mask, _) = fx.i64("batch_attention_mask");
-    let (pixels, pshape) = fx.f32("batch_pixel_values");
-    let (pmask, _) = fx.i64("batch_pixel_attention_mask");
-    let (labels, _) = fx.i64("batch_labels");
-    (
-        TokenBatch {
-            input_ids: ids.iter().map(|i| *i as u32).collect(),
-            attention_mask: mask.iter().map(|m| *m as u8).collect(),
-            batch_size: shape[0],
-            seq_len: shape[1],
-        },
-        PixelBatch {
-            pixel_values: pixels,
-            shape: pshape.try_into().unwrap(),
-            pixel_attention_mask: Some(pmask.iter().map(|m| *m as u8).collect()),
-        },
-        labels,
-    )
 }
 
 /// `‖a - b‖ / ‖b‖`.
@@ -60,7 +37,7 @@ fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn qlora_logits_loss_and_gradients_match_peft_on_bitsandbytes() {
     let fx = Fixture::open("quant/qlora.safetensors");
-    let (tokens, pixels, labels) = inputs();
+    let (tokens, pixels, labels) = model_batch("smolvlm");
     for case in ["smolvlm-lora", "smolvlm-dora"] {
         let mut model = nf4_model();
         load_adapter(
@@ -76,16 +53,7 @@ fn qlora_logits_loss_and_gradients_match_peft_on_bitsandbytes() {
         let logits = model.forward(&tokens, Some(&pixels)).unwrap();
         let want = fx.f32(&format!("{case}.logits")).0;
         let got = host(logits.clone().inner());
-        let vocab = want.len() / tokens.attention_mask.len();
-        let mut err = 0.0f32;
-        for (p, m) in tokens.attention_mask.iter().enumerate() {
-            if *m == 1 {
-                err = err.max(max_abs_diff(
-                    &got[p * vocab..(p + 1) * vocab],
-                    &want[p * vocab..(p + 1) * vocab],
-                ));
-            }
-        }
+        let err = masked_logits_error(&got, &want, &tokens.attention_mask);
         let loss = causal_lm_loss(logits, &labels, None).unwrap();
         let (got_loss, want_loss) = (
             loss.clone().into_scalar(),

@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{fixture_path, host, max_abs_diff, Fixture, B};
-use vlmtune_model::{load_dir_with, LoadOptions, PixelBatch, TokenBatch};
+use common::{fixture_path, host, masked_logits_error, max_abs_diff, model_batch, Fixture, B};
+use vlmtune_model::{load_dir_with, LoadOptions};
 use vlmtune_quant::bnb::{self, FourBit};
 use vlmtune_quant::{QuantConfig, QuantizedWeight, StorageFormat};
 
@@ -157,47 +157,11 @@ fn int8_rows_match_bitsandbytes() {
     }
 }
 
-fn batch() -> (TokenBatch, PixelBatch) {
-    let fx = Fixture::open("model/smolvlm.safetensors");
-    let (ids, shape) = fx.i64("batch_input_ids");
-    let (mask, _) = fx.i64("batch_attention_mask");
-    let (pixels, pshape) = fx.f32("batch_pixel_values");
-    let (pmask, _) = fx.i64("batch_pixel_attention_mask");
-    (
-        TokenBatch {
-            input_ids: ids.iter().map(|i| *i as u32).collect(),
-            attention_mask: mask.iter().map(|m| *m as u8).collect(),
-            batch_size: shape[0],
-            seq_len: shape[1],
-        },
-        PixelBatch {
-            pixel_values: pixels,
-            shape: pshape.try_into().unwrap(),
-            pixel_attention_mask: Some(pmask.iter().map(|m| *m as u8).collect()),
-        },
-    )
-}
-
-/// Max abs logit difference over attended positions.
-fn masked_error(got: &[f32], want: &[f32], mask: &[u8]) -> f32 {
-    let vocab = want.len() / mask.len();
-    mask.iter()
-        .enumerate()
-        .filter(|(_, m)| **m == 1)
-        .map(|(p, _)| {
-            max_abs_diff(
-                &got[p * vocab..(p + 1) * vocab],
-                &want[p * vocab..(p + 1) * vocab],
-            )
-        })
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn quantised_model_logits_match_transformers_bitsandbytes() {
     let fx = Fixture::open("quant/model-4bit.safetensors");
     let (f32_logits, _) = Fixture::open("model/smolvlm.safetensors").f32("batch_logits");
-    let (tokens, pixels) = batch();
+    let (tokens, pixels, _) = model_batch("smolvlm");
     let dev = Default::default();
     for (case, config) in [
         ("nf4_dq", QuantConfig::nf4()),
@@ -215,14 +179,14 @@ fn quantised_model_logits_match_transformers_bitsandbytes() {
         let model = load_dir_with::<B>(&fixture_path("tiny-smolvlm"), &options, &dev).unwrap();
         let logits = host(model.forward(&tokens, Some(&pixels)).unwrap());
         let (want, _) = fx.f32(&format!("{case}.logits"));
-        let err = masked_error(&logits, &want, &tokens.attention_mask);
+        let err = masked_logits_error(&logits, &want, &tokens.attention_mask);
         assert!(
             err <= 1e-4,
             "{case}: logits off transformers+bitsandbytes by {err}"
         );
         // Quantisation moves the logits as much as it does in transformers.
-        let drift = masked_error(&logits, &f32_logits, &tokens.attention_mask);
-        let reference_drift = masked_error(&want, &f32_logits, &tokens.attention_mask);
+        let drift = masked_logits_error(&logits, &f32_logits, &tokens.attention_mask);
+        let reference_drift = masked_logits_error(&want, &f32_logits, &tokens.attention_mask);
         assert!(
             (drift - reference_drift).abs() <= 1e-4,
             "{case}: drift {drift} vs {reference_drift}"

@@ -96,6 +96,15 @@ fn int_tensor<B: Backend>(data: TensorData, device: &B::Device) -> Tensor<B, 1, 
     }
 }
 
+/// A 1-D integer tensor of `values`, in their own dtype where the backend has it.
+fn int_vector<B: Backend, T: burn::tensor::Element>(
+    values: Vec<T>,
+    device: &B::Device,
+) -> Tensor<B, 1, Int> {
+    let n = values.len();
+    int_tensor(TensorData::new(values, [n]), device)
+}
+
 /// Codes widened for arithmetic and indexing.
 fn widen<B: Backend>(t: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
     t.cast(IntDType::I32)
@@ -144,7 +153,6 @@ impl<B: Backend> QuantizedWeight<B> {
         device: &B::Device,
         on_host: bool,
     ) -> Self {
-        let n = shape[0] * shape[1];
         let mut out = Self {
             codes: int_tensor(TensorData::new(vec![0i32], [1]), device),
             scales: None,
@@ -157,50 +165,35 @@ impl<B: Backend> QuantizedWeight<B> {
             offset: 0.0,
             host: None,
         };
+        let host = Self::host_storage(values, shape, format);
         if on_host {
-            out.host = Some(Arc::new(Self::host_storage(values, shape, format)));
+            out.host = Some(Arc::new(host));
             return out;
         }
-        match format {
-            StorageFormat::Bf16 | StorageFormat::F16 => {
-                let kind = if format == StorageFormat::Bf16 {
-                    HalfKind::Bf16
-                } else {
-                    HalfKind::F16
-                };
-                let bits: Vec<u16> = values
-                    .iter()
-                    .map(|v| match kind {
-                        HalfKind::Bf16 => half::bf16::from_f32(*v).to_bits(),
-                        HalfKind::F16 => half::f16::from_f32(*v).to_bits(),
-                    })
-                    .collect();
-                out.codes = int_tensor(TensorData::new(bits, [n]), device);
+        match host {
+            HostStorage::Half { bits, kind } => {
+                out.codes = int_vector(bits, device);
                 out.table = float_tensor(exponent_table(kind), device);
             }
-            StorageFormat::Int8 => {
-                let (codes, stats) = bnb::quantize_int8_rows(values, shape[1]);
-                out.codes = int_tensor(TensorData::new(codes, [n]), device);
+            HostStorage::Int8 { codes, stats } => {
+                out.codes = int_vector(codes, device);
                 out.scales = Some(float_tensor(stats, device));
             }
-            StorageFormat::FourBit {
-                kind,
-                blocksize,
+            HostStorage::FourBit {
+                packed,
+                absmax,
                 double_quant,
             } => {
-                let (packed, absmax) = bnb::quantize_4bit(values, blocksize, kind);
-                let m = packed.len();
-                out.codes = int_tensor(TensorData::new(packed, [m]), device);
-                out.table = float_tensor(byte_pair_table(kind), device);
-                if double_quant {
-                    let dq = bnb::double_quantize(&absmax);
-                    let k = dq.codes.len();
-                    out.scale_codes = Some(int_tensor(TensorData::new(dq.codes, [k]), device));
+                if let StorageFormat::FourBit { kind, .. } = format {
+                    out.table = float_tensor(byte_pair_table(kind), device);
+                }
+                out.codes = int_vector(packed, device);
+                out.scales = absmax.map(|a| float_tensor(a, device));
+                if let Some(dq) = double_quant {
+                    out.scale_codes = Some(int_vector(dq.codes, device));
                     out.scale_absmax = Some(float_tensor(dq.absmax2, device));
                     out.table2 = Some(float_tensor(crate::tables::dynamic_map().to_vec(), device));
                     out.offset = dq.offset;
-                } else {
-                    out.scales = Some(float_tensor(absmax, device));
                 }
             }
         }
