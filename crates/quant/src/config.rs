@@ -63,7 +63,9 @@ pub struct QuantConfig {
     /// Quantise the absmax statistics too.
     #[serde(default)]
     pub bnb_4bit_use_double_quant: bool,
-    /// Dtype of the dequantised weight in the matmul (`float32`; `bfloat16` on CUDA).
+    /// Dtype of the matmul: accepted for `BitsAndBytesConfig` compatibility and validated;
+    /// vlmtune dequantises into the backend's float type (f32 on the CPU, bf16 with `--bf16`
+    /// on CUDA), which is where the compute dtype is chosen.
     #[serde(default = "d_compute")]
     pub bnb_4bit_compute_dtype: String,
     /// Values per 4-bit absmax.
