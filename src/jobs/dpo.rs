@@ -178,14 +178,10 @@ pub fn run_dpo<AB: AutodiffBackend>(
         sft: SftCollator::new(processor, config.collator.clone()),
     });
     let (train, eval) = load_pairs(&config.dataset)?;
-    let mut trainer = DpoTrainer::new(
-        model,
-        config.training.clone(),
-        config.dpo.clone(),
-        collator,
-        train,
-        device,
-    )?;
+    let mut dpo = config.dpo.clone();
+    dpo.reference_quant = config.quant.clone();
+    let mut trainer =
+        DpoTrainer::new(model, config.training.clone(), dpo, collator, train, device)?;
     trainer.base_dir = Some(dir);
     trainer.objective.eval_max_new_tokens = config.eval_max_new_tokens;
     if let Some(lora) = adapter {

@@ -95,6 +95,10 @@ pub struct DpoConfig {
     /// Encode each pair's image and prompt once for both answers.
     #[serde(default = "d_true")]
     pub shared_prefix: bool,
+    /// Quantisation of an explicit reference checkpoint (the job passes its `[quant]`, so a
+    /// QLoRA policy's reference is quantised the same way).
+    #[serde(skip)]
+    pub reference_quant: Option<vlmtune_quant::QuantConfig>,
 }
 
 impl Default for DpoConfig {
@@ -726,7 +730,11 @@ impl<AB: AutodiffBackend> Trainer<AB, DpoObjective<AB>> {
         let reference = match &config.reference {
             ReferenceSource::AdaptersDisabled => Reference::AdaptersDisabled,
             ReferenceSource::Checkpoint(dir) => {
-                Reference::Model(Box::new(vlmtune_model::load_dir(dir, &device)?))
+                let options = vlmtune_model::LoadOptions {
+                    quant: config.reference_quant.clone(),
+                };
+                let reference = vlmtune_model::load_dir_with(dir, &options, &device)?;
+                Reference::Model(Box::new(reference))
             }
         };
         let objective = DpoObjective {
