@@ -52,13 +52,15 @@ impl QuantArgs {
         let mut config = QuantConfig {
             load_in_4bit: self.load_in_4bit,
             load_in_8bit: self.load_in_8bit,
-            bnb_4bit_quant_type: match self.bnb_4bit_quant_type {
-                QuantType::Nf4 => FourBit::Nf4,
-                QuantType::Fp4 => FourBit::Fp4,
-            },
-            bnb_4bit_use_double_quant: self.use_bnb_nested_quant,
             ..QuantConfig::default()
         };
+        if self.load_in_4bit {
+            config.bnb_4bit_quant_type = match self.bnb_4bit_quant_type {
+                QuantType::Nf4 => FourBit::Nf4,
+                QuantType::Fp4 => FourBit::Fp4,
+            };
+            config.bnb_4bit_use_double_quant = self.use_bnb_nested_quant;
+        }
         if let Some(half) = self.storage_dtype {
             config.storage_dtype = Some(match half {
                 HalfType::Bf16 => "bf16".into(),
@@ -71,5 +73,35 @@ impl QuantArgs {
     /// The config to use: these flags when given, else `fallback` (a job file's `[quant]`).
     pub fn or(&self, fallback: Option<QuantConfig>) -> Option<QuantConfig> {
         self.config().or(fallback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_read_like_trl() {
+        assert_eq!(QuantArgs::default().config(), None);
+        let qlora = QuantArgs {
+            load_in_4bit: true,
+            use_bnb_nested_quant: true,
+            ..QuantArgs::default()
+        };
+        assert_eq!(qlora.config(), Some(QuantConfig::nf4()));
+        let bf16 = QuantArgs {
+            storage_dtype: Some(HalfType::Bf16),
+            ..QuantArgs::default()
+        };
+        assert_eq!(bf16.config(), Some(QuantConfig::bf16()));
+        let int8 = QuantArgs {
+            load_in_8bit: true,
+            ..QuantArgs::default()
+        };
+        assert_eq!(int8.or(Some(QuantConfig::nf4())), Some(QuantConfig::int8()));
+        assert_eq!(
+            QuantArgs::default().or(Some(QuantConfig::nf4())),
+            Some(QuantConfig::nf4())
+        );
     }
 }
