@@ -178,3 +178,21 @@ fn qlora_sft_loss_falls_like_the_f32_run() {
     assert_eq!(nf4_memory.trainable_params, f32_memory.trainable_params);
     assert!(nf4_memory.frozen_bytes < f32_memory.frozen_bytes);
 }
+
+#[test]
+fn quantised_bases_refuse_merging_and_saving_as_checkpoints() {
+    let mut model = nf4_model();
+    load_adapter(&mut model, &fixture_path("peft/smolvlm-lora"), "default").unwrap();
+    let err = vlmtune_peft::merge_and_unload(&mut model)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quantised"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let err = vlmtune_model::save_pretrained(&model, tmp.path(), vlmtune_quant::SaveDtype::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("quantised") && err.contains("model.text_model.layers.0"),
+        "{err}"
+    );
+}

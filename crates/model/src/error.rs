@@ -45,6 +45,9 @@ pub enum ModelError {
     /// A tensor could not be read back from the device.
     #[error("could not read a tensor back from the device: {0}")]
     Readback(String),
+    /// A model with quantised weights cannot be saved as a transformers checkpoint.
+    #[error("`{0}` is stored quantised: save the model loaded without quantisation (adapters are saved on their own)")]
+    QuantizedSave(String),
 }
 
 /// The result type of `vlmtune-model`.

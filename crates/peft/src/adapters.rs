@@ -192,6 +192,22 @@ pub fn delete_adapter<B: Backend, M: LinearModules<B>>(model: &mut M, name: &str
 
 /// Merges the active adapter into the base weights (forward results unchanged).
 pub fn merge_adapter<B: Backend, M: LinearModules<B>>(model: &mut M) -> Result<()> {
+    // Refuse before touching anything, so a failed merge leaves no layer merged.
+    let mut quantized = None;
+    model.visit_linears(&mut |path, linear| {
+        let has_adapter = linear
+            .active_adapter
+            .as_deref()
+            .is_some_and(|n| linear.adapter(n).is_some());
+        if quantized.is_none() && linear.is_quantized() && has_adapter {
+            quantized = Some(path.to_string());
+        }
+    });
+    if let Some(path) = quantized {
+        return Err(PeftError::State(format!(
+            "cannot merge into `{path}`: its base weight is quantised; load the base model without quantisation to merge"
+        )));
+    }
     let mut result = Ok(());
     model.visit_linears_mut(&mut |_, linear| {
         if result.is_ok() && linear.merged.is_none() {
