@@ -31,14 +31,8 @@ fn run(mode: &str) {
         0,
     )
     .unwrap();
-    let mut prompt = vec![1, 11126, 42, 49189, 49152];
-    prompt.extend(std::iter::repeat_n(49190, config.image_seq_len()));
-    prompt.push(49189);
-    prompt.extend(100..116);
-    prompt.extend([49279, 198, 9519, 42]);
-    let frame: Vec<f32> = (0..3 * 512 * 512)
-        .map(|i| ((i % 255) as f32 / 127.5) - 1.0)
-        .collect();
+    let prompt = common::one_tile_prompt(config.image_seq_len(), 16);
+    let frame = common::test_frame();
     let batch = PreferenceBatch {
         pairs: vec![EncodedPair {
             prompt_ids: prompt,
@@ -89,44 +83,28 @@ fn run(mode: &str) {
         model = optimizer.update::<AB, _>(model.clone(), grads, 1e-6);
     };
     let secs = common::median_secs(3, &mut step);
-    println!(
-        "{{\"mode\": \"{mode}\", \"median_s\": {secs:.3}, \"peak_rss_mib\": {:.0}}}",
-        common::peak_rss_mib()
-    );
+    common::print_mode_result(mode, secs);
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--mode") {
-        run(&args[i + 1]);
+    if let Some(mode) = common::mode_arg() {
+        run(&mode);
         return;
     }
     let reference = common::reference("dpo_step");
-    let exe = std::env::current_exe().unwrap();
-    let torch = reference
-        .as_ref()
-        .and_then(|r| r["trl"]["median_s"].as_f64());
-    let torch_mib = reference
-        .as_ref()
-        .and_then(|r| r["trl"]["peak_rss_mib"].as_f64());
+    let trl = reference.as_ref().and_then(|r| {
+        Some((
+            r["trl"]["median_s"].as_f64()?,
+            r["trl"]["peak_rss_mib"].as_f64()?,
+        ))
+    });
     for mode in ["shared", "plain"] {
-        let out = std::process::Command::new(&exe)
-            .args(["--mode", mode])
-            .output()
-            .unwrap();
-        let line = String::from_utf8_lossy(&out.stdout);
-        let ours: serde_json::Value = serde_json::from_str(line.trim())
-            .unwrap_or_else(|_| panic!("{line}\n{}", String::from_utf8_lossy(&out.stderr)));
-        let (s, mib) = (
-            ours["median_s"].as_f64().unwrap(),
-            ours["peak_rss_mib"].as_f64().unwrap(),
-        );
+        let (s, mib) = common::run_mode_in_subprocess(mode);
         print!("256M DPO step per pair, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
-        if let (Some(t), Some(m)) = (torch, torch_mib) {
+        if let Some(theirs) = trl {
             print!(
-                "; TRL-style PyTorch {t:.2} s, {m:.0} MiB -> time x{:.2}, memory x{:.2}",
-                s / t,
-                mib / m
+                "{}",
+                common::ratio_suffix("TRL-style PyTorch", (s, mib), theirs)
             );
         }
         println!();

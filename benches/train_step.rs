@@ -19,7 +19,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use vlmtune::model::{causal_lm_loss, Preset, SmolVlm, Trainable};
 use vlmtune::peft::{add_adapter, LoraPreset};
-use vlmtune::prelude::{PixelBatch, TokenBatch};
+use vlmtune::prelude::TokenBatch;
 use vlmtune::quant::{QuantConfig, RandomInit, Weights};
 
 type AB = burn::backend::Autodiff<burn::backend::NdArray>;
@@ -40,15 +40,6 @@ fn quant_of(mode: &str) -> Option<QuantConfig> {
     }
 }
 
-fn one_tile_prompt(image_seq_len: usize) -> Vec<u32> {
-    let mut ids = vec![1, 11126, 42, 49189, 49152];
-    ids.extend(std::iter::repeat_n(49190, image_seq_len));
-    ids.push(49189);
-    ids.extend(100..116);
-    ids.extend([49279, 198, 9519, 42]);
-    ids
-}
-
 fn run_mode(mode: &str) {
     match mode {
         "sft-gc" => run::<ABCheckpointed>(mode),
@@ -63,7 +54,7 @@ fn run<AB: AutodiffBackend>(mode: &str) {
     let source = RandomInit::new(0);
     let weights = Weights::new(&source, &device).with_quant(quant.as_ref());
     let mut model = SmolVlm::<AB>::load(&weights, &config).expect("preset builds");
-    let forward_only = mode.starts_with("fwd");
+    let forward_only = forward_only_mode(mode);
     match mode {
         _ if forward_only => {}
         "lora" | "sft" | "sft-gc" | "sft-bf16" | "sft-int8" | "sft-nf4" => {
@@ -76,20 +67,14 @@ fn run<AB: AutodiffBackend>(mode: &str) {
     let optimizer_step = mode.starts_with("sft");
     let mut optimizer =
         vlmtune::train::optim::AdamW::<AB::InnerBackend>::new(0.9, 0.999, 1e-8, 0.0);
-    let ids = one_tile_prompt(config.image_seq_len());
+    let ids = common::one_tile_prompt(config.image_seq_len(), 16);
     let mut labels: Vec<i64> = vec![-100; ids.len()];
     let n = ids.len();
     for (i, l) in labels.iter_mut().enumerate().skip(n - 16) {
         *l = ids[i] as i64;
     }
     let tokens = TokenBatch::from_rows(&[ids]).unwrap();
-    let pixels = PixelBatch {
-        pixel_values: (0..3 * 512 * 512)
-            .map(|i| ((i % 255) as f32 / 127.5) - 1.0)
-            .collect(),
-        shape: [1, 1, 3, 512, 512],
-        pixel_attention_mask: None,
-    };
+    let pixels = common::one_tile_pixels();
     let inference = model.valid();
     let mut step = || {
         if forward_only {
@@ -109,10 +94,7 @@ fn run<AB: AutodiffBackend>(mode: &str) {
         AB::sync(&device).ok();
     };
     let secs = common::median_secs(3, &mut step);
-    println!(
-        "{{\"mode\": \"{mode}\", \"median_s\": {secs:.3}, \"peak_rss_mib\": {:.0}}}",
-        common::peak_rss_mib()
-    );
+    common::print_mode_result(mode, secs);
 }
 
 fn forward_only_mode(mode: &str) -> bool {
@@ -120,46 +102,27 @@ fn forward_only_mode(mode: &str) -> bool {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--mode") {
-        run_mode(&args[i + 1]);
+    if let Some(mode) = common::mode_arg() {
+        run_mode(&mode);
         return;
     }
     let reference = common::reference("train_step");
-    let exe = std::env::current_exe().unwrap();
     for mode in MODES {
-        let out = std::process::Command::new(&exe)
-            .args(["--mode", mode])
-            .output()
-            .unwrap();
-        let line = String::from_utf8_lossy(&out.stdout);
-        let ours: serde_json::Value = serde_json::from_str(line.trim())
-            .unwrap_or_else(|_| panic!("{line}\n{}", String::from_utf8_lossy(&out.stderr)));
-        let (s, mib) = (
-            ours["median_s"].as_f64().unwrap(),
-            ours["peak_rss_mib"].as_f64().unwrap(),
-        );
-        print!(
-            "256M {}, {mode}: vlmtune",
-            if mode.starts_with("sft") {
-                "SFT step"
-            } else if forward_only_mode(mode) {
-                "forward"
-            } else {
-                "forward+backward"
-            }
-        );
-        print!(" {s:.2} s, peak RSS {mib:.0} MiB");
+        let (s, mib) = common::run_mode_in_subprocess(mode);
+        let what = if mode.starts_with("sft") {
+            "SFT step"
+        } else if forward_only_mode(mode) {
+            "forward"
+        } else {
+            "forward+backward"
+        };
+        print!("256M {what}, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
         if let Some(r) = reference.as_ref().and_then(|r| r.get(mode)) {
-            let (ts, tm) = (
+            let theirs = (
                 r["median_s"].as_f64().unwrap(),
                 r["peak_rss_mib"].as_f64().unwrap(),
             );
-            print!(
-                "; PyTorch {ts:.2} s, {tm:.0} MiB -> time x{:.2}, memory x{:.2}",
-                s / ts,
-                mib / tm
-            );
+            print!("{}", common::ratio_suffix("PyTorch", (s, mib), theirs));
         }
         println!();
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{fixture_path, max_abs_diff, Fixture, AB};
+use common::{fixture_path, max_abs_diff, one_step_args, Fixture, AB};
 use vlmtune_data::collate::{CollatorConfig, SftCollator};
 use vlmtune_data::dataset::jsonl;
 use vlmtune_data::preference::{PreferenceBatch, PreferenceCollator};
@@ -15,7 +15,7 @@ use vlmtune_model::{load_dir, SmolVlm};
 use vlmtune_peft::load_adapter;
 use vlmtune_train::dpo::{dpo_loss, plain_logps, shared_prefix_logps, DpoConfig, DpoLossType};
 use vlmtune_train::optim::collect_grads;
-use vlmtune_train::{DpoTrainer, TrainingArgs};
+use vlmtune_train::DpoTrainer;
 
 fn pairs() -> Vec<PreferenceExample> {
     jsonl::load_preference(&fixture_path("dpo/data.jsonl"), &DatasetFormat::default()).unwrap()
@@ -57,17 +57,7 @@ fn one_step_of_each_loss_type_matches_trl() {
     for (name, entry) in &trl {
         let (model, lora) = policy();
         let tmp = tempfile::tempdir().unwrap();
-        let args = TrainingArgs {
-            output_dir: tmp.path().to_path_buf(),
-            per_device_train_batch_size: 2,
-            max_steps: 1,
-            learning_rate: 1e-2,
-            logging_steps: 1,
-            save_steps: 0,
-            progress_bar: false,
-            seed: 0,
-            ..TrainingArgs::default()
-        };
+        let args = one_step_args(2, 1, tmp.path());
         let mut trainer = DpoTrainer::new(
             model,
             args,

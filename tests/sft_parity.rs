@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{fixture_path, max_abs_diff, Fixture, AB};
+use common::{fixture_path, max_abs_diff, one_step_args, Fixture, AB};
 use vlmtune_data::collate::{CollatorConfig, SftCollator, TooLong};
 use vlmtune_data::dataset::jsonl;
 use vlmtune_data::{DatasetFormat, Processor, SftExample};
@@ -40,21 +40,6 @@ fn trainer(args: TrainingArgs, data: Vec<SftExample>) -> SftTrainer<AB> {
     .with_adapter(config)
 }
 
-fn args(batch: usize, accumulation: usize, dir: &std::path::Path) -> TrainingArgs {
-    TrainingArgs {
-        output_dir: dir.to_path_buf(),
-        per_device_train_batch_size: batch,
-        gradient_accumulation_steps: accumulation,
-        max_steps: 1,
-        learning_rate: 1e-2,
-        logging_steps: 1,
-        save_steps: 0,
-        progress_bar: false,
-        seed: 0,
-        ..TrainingArgs::default()
-    }
-}
-
 #[test]
 fn one_step_matches_trl_with_and_without_accumulation() {
     let fx = Fixture::open("sft/trl_step.safetensors");
@@ -65,7 +50,7 @@ fn one_step_matches_trl_with_and_without_accumulation() {
     for (name, batch, accumulation) in [("batch2", 2, 1), ("accum2", 1, 2)] {
         let tmp = tempfile::tempdir().unwrap();
         let mut t = trainer(
-            args(batch, accumulation, tmp.path()),
+            one_step_args(batch, accumulation, tmp.path()),
             examples()[..2].to_vec(),
         );
         let losses = t.train().unwrap();
@@ -123,7 +108,7 @@ fn one_step_matches_trl_with_and_without_accumulation() {
 fn resuming_reproduces_the_uninterrupted_run() {
     let data = examples();
     let straight_dir = tempfile::tempdir().unwrap();
-    let mut a = args(1, 1, straight_dir.path());
+    let mut a = one_step_args(1, 1, straight_dir.path());
     a.max_steps = 6;
     a.learning_rate = 5e-3;
     a.warmup_steps = 2;
@@ -237,7 +222,7 @@ fn bad_data_gives_clear_errors() {
     let model = load_dir::<AB>(&fixture_path("tiny-smolvlm"), &Default::default()).unwrap();
     let err = SftTrainer::new(
         model,
-        args(1, 1, tmp.path()),
+        one_step_args(1, 1, tmp.path()),
         collator(CollatorConfig::default()),
         examples(),
         Default::default(),

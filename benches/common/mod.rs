@@ -1,5 +1,6 @@
 //! Shared by the benchmarks: the PyTorch reference figures written by
-//! `scripts/reference/bench_*.py`, peak memory, and the side-by-side report.
+//! `scripts/reference/bench_*.py`, peak memory, the side-by-side report, the one-tile inputs
+//! the reference scripts use too, and running each mode in its own process.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -63,4 +64,73 @@ pub fn report(name: &str, label: &str, ours_s: f64, ours_peak_mib: f64) {
             "{label}: no PyTorch figure; run `python scripts/reference/bench_{name}.py` first"
         ),
     }
+}
+
+/// The same ids as `bench_common.one_tile_prompt` in the reference scripts.
+pub fn one_tile_prompt(image_seq_len: usize, text_tokens: u32) -> Vec<u32> {
+    let mut ids = vec![1, 11126, 42, 49189, 49152];
+    ids.extend(std::iter::repeat_n(49190, image_seq_len));
+    ids.push(49189);
+    ids.extend((0..text_tokens).map(|i| 100 + i));
+    ids.extend([49279, 198, 9519, 42]);
+    ids
+}
+
+/// A deterministic 512x512 RGB frame (CHW, in [-1, 1]).
+pub fn test_frame() -> Vec<f32> {
+    (0..3 * 512 * 512)
+        .map(|i| ((i % 255) as f32 / 127.5) - 1.0)
+        .collect()
+}
+
+/// [`test_frame`] as a batch of one image of one tile.
+pub fn one_tile_pixels() -> vlmtune::model::PixelBatch {
+    vlmtune::model::PixelBatch {
+        pixel_values: test_frame(),
+        shape: [1, 1, 3, 512, 512],
+        pixel_attention_mask: None,
+    }
+}
+
+/// The `--mode` argument, when this process was started to run one mode.
+pub fn mode_arg() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--mode")?;
+    args.get(i + 1).cloned()
+}
+
+/// Prints a mode's figures as the JSON line [`run_mode_in_subprocess`] reads.
+pub fn print_mode_result(mode: &str, median_s: f64) {
+    println!(
+        "{{\"mode\": \"{mode}\", \"median_s\": {median_s:.3}, \"peak_rss_mib\": {:.0}}}",
+        peak_rss_mib()
+    );
+}
+
+/// Runs this benchmark binary again with `--mode <mode>` (its own process, so the peak
+/// memory is the mode's own); returns its median seconds and peak RSS in MiB.
+pub fn run_mode_in_subprocess(mode: &str) -> (f64, f64) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(&exe)
+        .args(["--mode", mode])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let ours: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|_| panic!("{line}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (
+        ours["median_s"].as_f64().unwrap(),
+        ours["peak_rss_mib"].as_f64().unwrap(),
+    )
+}
+
+/// `"; <label> 1.23 s, 456 MiB -> time x.., memory x.."` for a PyTorch figure.
+pub fn ratio_suffix(label: &str, ours: (f64, f64), theirs: (f64, f64)) -> String {
+    format!(
+        "; {label} {:.2} s, {:.0} MiB -> time x{:.2}, memory x{:.2}",
+        theirs.0,
+        theirs.1,
+        ours.0 / theirs.0,
+        ours.1 / theirs.1
+    )
 }

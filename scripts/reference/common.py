@@ -48,3 +48,16 @@ def load_model(kind: str, dtype=torch.float32):
     )
     model.eval()
     return model
+
+
+def adapter_weights(peft_model, scratch: Path) -> dict[str, torch.Tensor]:
+    """The adapter tensors exactly as `save_pretrained` writes them (via a scratch folder)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    peft_model.save_pretrained(str(scratch))
+    weights = load_file(str(scratch / "adapter_model.safetensors"))
+    shutil.rmtree(scratch)
+    return weights

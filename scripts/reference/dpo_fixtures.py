@@ -22,7 +22,7 @@ from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file
 from trl import DPOConfig, DPOTrainer
 
-from common import FIXTURES, load_model, seed_all, write_json, write_tensors
+from common import adapter_weights, FIXTURES, load_model, seed_all, write_json, write_tensors
 from processor_fixtures import pil_processor
 
 OUT = FIXTURES / "dpo"
@@ -89,11 +89,7 @@ def run(kwargs: dict):
     set_peft_model_state_dict(trainer.model, load_file(str(initial / "adapter_model.safetensors")))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h][0]
-    tmp = OUT / ".tmp-adapter"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
-    weights = load_file(str(tmp / "adapter_model.safetensors"))
-    shutil.rmtree(tmp)
+    weights = adapter_weights(trainer.model, OUT / ".tmp-adapter")
     return {k: logs[k] for k in METRICS if k in logs}, weights
 
 

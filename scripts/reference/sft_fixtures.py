@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from trl import SFTConfig, SFTTrainer
 
-from common import FIXTURES, load_model, seed_all, write_json, write_tensors
+from common import adapter_weights, FIXTURES, load_model, seed_all, write_json, write_tensors
 from processor_fixtures import pil_processor
 
 OUT = FIXTURES / "sft"
@@ -88,11 +88,7 @@ def one_step(batch: int, accumulation: int) -> tuple[dict, dict]:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset(), processing_class=processor)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h][0]
-    tmp = OUT / ".tmp-adapter"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
-    weights = load_file(str(tmp / "adapter_model.safetensors"))
-    shutil.rmtree(tmp)
+    weights = adapter_weights(trainer.model, OUT / ".tmp-adapter")
     return weights, logs
 
 

@@ -82,20 +82,7 @@ impl DpoJobConfig {
 
     /// Reads a TOML file (missing fields take TRL's defaults); errors name the file and field.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| vlmtune_data::DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let de = toml::Deserializer::parse(&text)
-            .map_err(|e| crate::Error::Config(format!("{}: {e}", path.display())))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            crate::Error::Config(format!(
-                "{}: field `{}`: {}",
-                path.display(),
-                e.path(),
-                e.inner()
-            ))
-        })
+        super::read_toml(path)
     }
 }
 
@@ -120,20 +107,7 @@ pub fn load_pairs(
     format.chosen_field = config.fields.chosen_field.clone();
     format.rejected_field = config.fields.rejected_field.clone();
     format.image_field = config.fields.image_field.clone().or(format.image_field);
-    let mut train = dataset::load_preference(&source, &format, &config.split)?;
-    if let Some(n) = config.max_train {
-        train.truncate(n);
-    }
-    let eval = if config.eval_split == "none"
-        || matches!(&source, DatasetSource::Path(p) if p.is_file())
-    {
-        Vec::new()
-    } else {
-        let mut eval = dataset::load_preference(&source, &format, &config.eval_split)?;
-        eval.truncate(config.max_eval);
-        eval
-    };
-    Ok((train, eval))
+    super::load_splits(config, &source, &format, dataset::load_preference)
 }
 
 /// What a DPO run produced.

@@ -11,7 +11,7 @@ use vlmtune_data::collate::{CollatorConfig, SftCollator};
 use vlmtune_data::dataset::{self, synthetic, DatasetSource};
 use vlmtune_data::{DatasetFormat, FormatKind, Processor, SftExample};
 use vlmtune_model::{load_dir_with, resolve_model, LoadOptions, SmolVlm, Trainable};
-use vlmtune_peft::{add_adapter, LinearModules, LoraConfig, LoraPreset};
+use vlmtune_peft::{add_adapter, LoraConfig, LoraPreset};
 use vlmtune_quant::QuantConfig;
 use vlmtune_train::{SftTrainer, TrainingArgs};
 
@@ -156,20 +156,7 @@ impl SftJobConfig {
 
     /// Reads a TOML file (missing fields take TRL's defaults); errors name the file and field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| vlmtune_data::DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let de = toml::Deserializer::parse(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            Error::Config(format!(
-                "{}: field `{}`: {}",
-                path.display(),
-                e.path(),
-                e.inner()
-            ))
-        })
+        super::read_toml(path)
     }
 }
 
@@ -238,20 +225,7 @@ pub fn load_examples(config: &DatasetSection) -> Result<(Vec<SftExample>, Vec<Sf
         }
     }
     format.system_prompt = f.system_prompt.clone();
-    let mut train = dataset::load_sft(&source, &format, &config.split)?;
-    if let Some(n) = config.max_train {
-        train.truncate(n);
-    }
-    let eval = if config.eval_split == "none"
-        || matches!(&source, DatasetSource::Path(p) if p.is_file())
-    {
-        Vec::new()
-    } else {
-        let mut eval = dataset::load_sft(&source, &format, &config.eval_split)?;
-        eval.truncate(config.max_eval);
-        eval
-    };
-    Ok((train, eval))
+    super::load_splits(config, &source, &format, dataset::load_sft)
 }
 
 /// Loads the model of `dir` (frozen weights quantised as `quant` says) with a new LoRA
@@ -300,12 +274,9 @@ fn ensure_trainable_not_quantized<B: burn::tensor::backend::Backend>(
     model: &SmolVlm<B>,
     parts: Trainable,
 ) -> Result<()> {
-    let mut offending = None;
-    model.visit_linears(&mut |path, linear| {
-        if offending.is_none() && linear.is_quantized() && parts.covers(&format!("{path}.weight")) {
-            offending = Some(path.to_string());
-        }
-    });
+    let offending = vlmtune_peft::quantized_paths(model)
+        .into_iter()
+        .find(|path| parts.covers(&format!("{path}.weight")));
     match offending {
         None => Ok(()),
         Some(path) => Err(Error::Config(format!(

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use vlmtune_peft::LinearModules;
 use vlmtune_quant::{
     ensure_all_used, write_atomic, write_safetensors, QuantConfig, SafetensorsFiles, SaveDtype,
     Weights,
@@ -85,13 +84,7 @@ pub fn is_base_param(path: &str) -> bool {
 /// Writes `config.json` and `model.safetensors` (in `dtype`) to `dir`, atomically per file,
 /// with the Hugging Face key names.
 pub fn save_pretrained<B: Backend>(model: &SmolVlm<B>, dir: &Path, dtype: SaveDtype) -> Result<()> {
-    let mut quantized = None;
-    model.visit_linears(&mut |path, linear| {
-        if quantized.is_none() && linear.is_quantized() {
-            quantized = Some(path.to_string());
-        }
-    });
-    if let Some(path) = quantized {
+    if let Some(path) = vlmtune_peft::quantized_paths(model).into_iter().next() {
         return Err(ModelError::QuantizedSave(path));
     }
     let tensors = vlmtune_peft::param_values::<B, _>(model, is_base_param);

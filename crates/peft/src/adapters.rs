@@ -193,21 +193,15 @@ pub fn delete_adapter<B: Backend, M: LinearModules<B>>(model: &mut M, name: &str
 /// Merges the active adapter into the base weights (forward results unchanged).
 pub fn merge_adapter<B: Backend, M: LinearModules<B>>(model: &mut M) -> Result<()> {
     // Refuse before touching anything, so a failed merge leaves no layer merged.
-    let mut quantized = None;
+    let mut unmergeable = Ok(());
     model.visit_linears(&mut |path, linear| {
-        let has_adapter = linear
-            .active_adapter
-            .as_deref()
-            .is_some_and(|n| linear.adapter(n).is_some());
-        if quantized.is_none() && linear.is_quantized() && has_adapter {
-            quantized = Some(path.to_string());
+        if unmergeable.is_ok() {
+            unmergeable = linear
+                .ensure_mergeable()
+                .map_err(|e| PeftError::State(format!("`{path}`: {e}")));
         }
     });
-    if let Some(path) = quantized {
-        return Err(PeftError::State(format!(
-            "cannot merge into `{path}`: its base weight is quantised; load the base model without quantisation to merge"
-        )));
-    }
+    unmergeable?;
     let mut result = Ok(());
     model.visit_linears_mut(&mut |_, linear| {
         if result.is_ok() && linear.merged.is_none() {
@@ -234,6 +228,17 @@ pub fn merge_and_unload<B: Backend, M: LinearModules<B>>(model: &mut M) -> Resul
     merge_adapter(model)?;
     model.visit_linears_mut(&mut |_, linear| linear.unload());
     Ok(())
+}
+
+/// Module paths of the Linear layers whose base weight is stored quantised.
+pub fn quantized_paths<B: Backend, M: LinearModules<B>>(model: &M) -> Vec<String> {
+    let mut paths = Vec::new();
+    model.visit_linears(&mut |path, linear| {
+        if linear.is_quantized() {
+            paths.push(path.to_string());
+        }
+    });
+    paths
 }
 
 /// Trainable and total parameter counts, printed like PEFT's `print_trainable_parameters`.

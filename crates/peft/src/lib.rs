@@ -25,8 +25,8 @@ pub mod target;
 
 pub use adapters::{
     active_adapter, adapter_names, add_adapter, delete_adapter, merge_adapter, merge_and_unload,
-    set_adapter, set_adapters_enabled, trainable_report, unmerge_adapter, LinearModules,
-    TrainableReport,
+    quantized_paths, set_adapter, set_adapters_enabled, trainable_report, unmerge_adapter,
+    LinearModules, TrainableReport,
 };
 pub use config::{InitLoraWeights, LayerIndexes, LoraConfig, ModuleSelector};
 pub use error::{PeftError, Result};

@@ -187,18 +187,18 @@ impl<B: Backend> Linear<B> {
         let unmerged = active.filter(|n| self.merged.as_ref().is_none_or(|m| m.adapter != *n));
         let mut y = match unmerged.and_then(|n| self.adapter(n)) {
             None => base,
-            Some(lora) => match lora
-                .magnitude
-                .as_ref()
-                .and_then(|_| lora.dora_scale(self.base_weight()))
-            {
+            Some(lora) => match lora.magnitude.as_ref().and_then(|_| {
+                // DoRA needs the base weight itself (dequantised once when quantised).
+                let weight = self.base_weight();
+                lora.dora_scale(weight.clone()).map(|scale| (weight, scale))
+            }) {
                 None => base + lora.lora_output(lora.dropout_input(x)),
-                Some(scale) => {
+                Some((weight, scale)) => {
                     // DoRA: (m/‖W+ΔW‖ - 1)·(x'Wᵀ) + m/‖W+ΔW‖·scaling·(x'AᵀBᵀ), with x' the
                     // dropped-out input (PEFT recomputes x'Wᵀ only when dropout is active).
                     let dropped = lora.dropout_input(x.clone());
                     let base_dropped = if lora.dropout > 0.0 && B::ad_enabled(&dropped.device()) {
-                        dropped.clone().matmul(self.base_weight().transpose())
+                        dropped.clone().matmul(weight.transpose())
                     } else {
                         base.clone()
                     };
@@ -237,6 +237,18 @@ impl<B: Backend> Linear<B> {
         });
     }
 
+    /// Errors when the active adapter cannot be merged because the base weight is quantised
+    /// (merging needs the float base; PEFT would re-quantise with rounding).
+    pub fn ensure_mergeable(&self) -> Result<()> {
+        let active = self.active_adapter.as_deref();
+        match active.filter(|n| self.is_quantized() && self.adapter(n).is_some()) {
+            Some(name) => Err(PeftError::State(format!(
+                "cannot merge adapter `{name}` into a quantised base weight: load the base model without quantisation to merge"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Merges the active LoRA adapter into `weight` (PEFT's `merge`): `W + scaling·B·A`, or for
     /// DoRA `m/‖W+ΔW‖ · (W + ΔW)`.
     pub fn merge(&mut self) -> Result<()> {
@@ -251,11 +263,7 @@ impl<B: Backend> Linear<B> {
         let Some(lora) = self.adapter(&name) else {
             return Ok(());
         };
-        if self.is_quantized() {
-            return Err(PeftError::State(format!(
-                "cannot merge adapter `{name}` into a quantised base weight: load the base model without quantisation to merge"
-            )));
-        }
+        self.ensure_mergeable()?;
         let w = self.base_weight();
         let delta = lora.delta_weight();
         let (new_w, factor) = match &lora.magnitude {

@@ -23,41 +23,40 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::storage::QuantizedWeight;
 
+/// Tries the custom op for each listed `Autodiff<inner, strategy>` backend in turn, returning
+/// its result from the enclosing function; rebinds `$x` for the next try otherwise.
+macro_rules! try_recompute {
+    ($x:ident, $q:ident, $(($inner:ty, $strategy:ty)),+ $(,)?) => {
+        $(
+            let $x = match recompute_in_backward::<B, $inner, $strategy>($x, $q) {
+                Ok(y) => return y,
+                Err(x) => x,
+            };
+        )+
+    };
+}
+
 /// `x · dequantise(q)ᵀ` on `[rows, in]`; see the module docs for the backward pass.
 pub fn quantized_linear<B: Backend>(x: Tensor<B, 2>, q: &QuantizedWeight<B>) -> Tensor<B, 2> {
-    if B::ad_enabled(&x.device()) {
-        let x = match recompute_in_backward::<B, burn::backend::NdArray, NoCheckpointing>(x, q) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
-        let x =
-            match recompute_in_backward::<B, burn::backend::NdArray, BalancedCheckpointing>(x, q) {
-                Ok(y) => return y,
-                Err(x) => x,
-            };
-        #[cfg(feature = "cuda")]
-        let x = {
-            type F32 = burn_cuda::Cuda;
-            type Bf16 = burn_cuda::Cuda<half::bf16>;
-            let x = match recompute_in_backward::<B, F32, NoCheckpointing>(x, q) {
-                Ok(y) => return y,
-                Err(x) => x,
-            };
-            let x = match recompute_in_backward::<B, F32, BalancedCheckpointing>(x, q) {
-                Ok(y) => return y,
-                Err(x) => x,
-            };
-            let x = match recompute_in_backward::<B, Bf16, NoCheckpointing>(x, q) {
-                Ok(y) => return y,
-                Err(x) => x,
-            };
-            match recompute_in_backward::<B, Bf16, BalancedCheckpointing>(x, q) {
-                Ok(y) => return y,
-                Err(x) => x,
-            }
-        };
+    if !B::ad_enabled(&x.device()) {
         return dequantized_matmul(x, q);
     }
+    type Cpu = burn::backend::NdArray;
+    try_recompute!(x, q, (Cpu, NoCheckpointing), (Cpu, BalancedCheckpointing));
+    #[cfg(feature = "cuda")]
+    let x = {
+        type Cuda = burn_cuda::Cuda;
+        type CudaBf16 = burn_cuda::Cuda<half::bf16>;
+        try_recompute!(
+            x,
+            q,
+            (Cuda, NoCheckpointing),
+            (Cuda, BalancedCheckpointing),
+            (CudaBf16, NoCheckpointing),
+            (CudaBf16, BalancedCheckpointing),
+        );
+        x
+    };
     dequantized_matmul(x, q)
 }
 

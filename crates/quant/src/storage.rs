@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, IntDType, Tensor, TensorData};
 
 use crate::bnb::{self, FourBit, DOUBLE_QUANT_BLOCKSIZE};
-use crate::config::{QuantConfig, StorageFormat};
+use crate::config::StorageFormat;
 
 /// The float16-family formats stored as 16-bit patterns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,11 +74,22 @@ pub enum HostStorage {
     FourBit {
         /// Two codes per byte.
         packed: Vec<u8>,
-        /// Block absmax (plain storage).
-        absmax: Option<Vec<f32>>,
-        /// Block absmax (double-quantised storage).
-        double_quant: Option<bnb::DoubleQuant>,
+        /// NF4 or FP4.
+        kind: FourBit,
+        /// Values per absmax.
+        blocksize: usize,
+        /// The block absmax values.
+        scales: BlockScales,
     },
+}
+
+/// The per-block absmax of 4-bit storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlockScales {
+    /// As f32 values.
+    Plain(Vec<f32>),
+    /// Double-quantised (`compress_statistics`).
+    Double(bnb::DoubleQuant),
 }
 
 /// Whether `device` is the CPU (ndarray) device, where host-side dequantisation is faster.
@@ -181,19 +192,21 @@ impl<B: Backend> QuantizedWeight<B> {
             }
             HostStorage::FourBit {
                 packed,
-                absmax,
-                double_quant,
+                kind,
+                scales,
+                ..
             } => {
-                if let StorageFormat::FourBit { kind, .. } = format {
-                    out.table = float_tensor(byte_pair_table(kind), device);
-                }
+                out.table = float_tensor(byte_pair_table(kind), device);
                 out.codes = int_vector(packed, device);
-                out.scales = absmax.map(|a| float_tensor(a, device));
-                if let Some(dq) = double_quant {
-                    out.scale_codes = Some(int_vector(dq.codes, device));
-                    out.scale_absmax = Some(float_tensor(dq.absmax2, device));
-                    out.table2 = Some(float_tensor(crate::tables::dynamic_map().to_vec(), device));
-                    out.offset = dq.offset;
+                match scales {
+                    BlockScales::Plain(absmax) => out.scales = Some(float_tensor(absmax, device)),
+                    BlockScales::Double(dq) => {
+                        out.scale_codes = Some(int_vector(dq.codes, device));
+                        out.scale_absmax = Some(float_tensor(dq.absmax2, device));
+                        out.table2 =
+                            Some(float_tensor(crate::tables::dynamic_map().to_vec(), device));
+                        out.offset = dq.offset;
+                    }
                 }
             }
         }
@@ -227,18 +240,16 @@ impl<B: Backend> QuantizedWeight<B> {
                 double_quant,
             } => {
                 let (packed, absmax) = bnb::quantize_4bit(values, blocksize, kind);
-                if double_quant {
-                    HostStorage::FourBit {
-                        packed,
-                        absmax: None,
-                        double_quant: Some(bnb::double_quantize(&absmax)),
-                    }
+                let scales = if double_quant {
+                    BlockScales::Double(bnb::double_quantize(&absmax))
                 } else {
-                    HostStorage::FourBit {
-                        packed,
-                        absmax: Some(absmax),
-                        double_quant: None,
-                    }
+                    BlockScales::Plain(absmax)
+                };
+                HostStorage::FourBit {
+                    packed,
+                    kind,
+                    blocksize,
+                    scales,
                 }
             }
         }
@@ -258,21 +269,15 @@ impl<B: Backend> QuantizedWeight<B> {
             HostStorage::Int8 { codes, stats } => bnb::dequantize_int8_rows(codes, stats, cols),
             HostStorage::FourBit {
                 packed,
-                absmax,
-                double_quant,
+                kind,
+                blocksize,
+                scales,
             } => {
-                let StorageFormat::FourBit {
-                    kind, blocksize, ..
-                } = self.format
-                else {
-                    return vec![0.0; rows * cols];
+                let absmax: std::borrow::Cow<[f32]> = match scales {
+                    BlockScales::Plain(absmax) => absmax.into(),
+                    BlockScales::Double(dq) => bnb::double_dequantize(dq).into(),
                 };
-                let absmax = match (absmax, double_quant) {
-                    (Some(a), _) => a.clone(),
-                    (None, Some(dq)) => bnb::double_dequantize(dq),
-                    (None, None) => vec![0.0; (rows * cols).div_ceil(blocksize)],
-                };
-                bnb::dequantize_4bit(packed, &absmax, blocksize, kind, rows * cols)
+                bnb::dequantize_4bit(packed, &absmax, *blocksize, *kind, rows * cols)
             }
         }
     }
@@ -389,11 +394,6 @@ fn repeat_each<B: Backend>(t: Tensor<B, 1>, times: usize, k: usize) -> Tensor<B,
         .unsqueeze_dim::<2>(1)
         .expand([k, times])
         .reshape([k * times])
-}
-
-/// The format `config` gives the weight at `path`, if any.
-pub fn format_for(config: Option<&QuantConfig>, path: &str) -> Option<StorageFormat> {
-    config.and_then(|c| c.format_for(path))
 }
 
 #[cfg(test)]

@@ -44,30 +44,24 @@ fn base_dir(path: &Path) -> &Path {
 
 /// Reads supervised examples from a JSONL file.
 pub fn load_sft(path: &Path, format: &DatasetFormat) -> Result<Vec<SftExample>> {
-    let rows = read_rows(path)?;
-    rows.iter()
-        .map(|(origin, cells)| {
-            Row {
-                cells,
-                origin: origin.clone(),
-                base_dir: base_dir(path),
-            }
-            .to_sft(format)
-        })
-        .collect()
+    load_rows(path, |row| row.to_sft(format))
 }
 
 /// Reads preference examples from a JSONL file.
 pub fn load_preference(path: &Path, format: &DatasetFormat) -> Result<Vec<PreferenceExample>> {
-    let rows = read_rows(path)?;
-    rows.iter()
+    load_rows(path, |row| row.to_preference(format))
+}
+
+/// Every row of `path`, converted by `convert`.
+fn load_rows<T>(path: &Path, convert: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
+    read_rows(path)?
+        .iter()
         .map(|(origin, cells)| {
-            Row {
+            convert(&Row {
                 cells,
                 origin: origin.clone(),
                 base_dir: base_dir(path),
-            }
-            .to_preference(format)
+            })
         })
         .collect()
 }

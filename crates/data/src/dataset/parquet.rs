@@ -84,21 +84,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
 
 /// Reads supervised examples from parquet files.
 pub fn load_sft(paths: &[std::path::PathBuf], format: &DatasetFormat) -> Result<Vec<SftExample>> {
-    let mut out = Vec::new();
-    for path in paths {
-        let base = path.parent().unwrap_or(Path::new("."));
-        for (origin, cells) in read_rows(path)? {
-            out.push(
-                Row {
-                    cells: &cells,
-                    origin,
-                    base_dir: base,
-                }
-                .to_sft(format)?,
-            );
-        }
-    }
-    Ok(out)
+    load_rows(paths, |row| row.to_sft(format))
 }
 
 /// Reads preference examples from parquet files.
@@ -106,18 +92,23 @@ pub fn load_preference(
     paths: &[std::path::PathBuf],
     format: &DatasetFormat,
 ) -> Result<Vec<PreferenceExample>> {
+    load_rows(paths, |row| row.to_preference(format))
+}
+
+/// Every row of every file, converted by `convert`.
+fn load_rows<T>(
+    paths: &[std::path::PathBuf],
+    convert: impl Fn(&Row) -> Result<T>,
+) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for path in paths {
         let base = path.parent().unwrap_or(Path::new("."));
         for (origin, cells) in read_rows(path)? {
-            out.push(
-                Row {
-                    cells: &cells,
-                    origin,
-                    base_dir: base,
-                }
-                .to_preference(format)?,
-            );
+            out.push(convert(&Row {
+                cells: &cells,
+                origin,
+                base_dir: base,
+            })?);
         }
     }
     Ok(out)

@@ -190,7 +190,7 @@ fn bar_chart(rng: &mut rand::rngs::StdRng, size: u32) -> ChartSample {
                 QuestionKind::Value,
                 format!("What is the value of the {} bar?", name(i)),
                 v.to_string(),
-                (if v == MAX_VALUE { v - 1 } else { v + 1 }).to_string(),
+                near_miss(v),
             )
         }
     };
@@ -201,6 +201,11 @@ fn bar_chart(rng: &mut rand::rngs::StdRng, size: u32) -> ChartSample {
         wrong_answer: wrong,
         kind,
     }
+}
+
+/// A wrong value next to `v` (the rejected answer of value questions).
+fn near_miss(v: u32) -> String {
+    (if v == MAX_VALUE { v - 1 } else { v + 1 }).to_string()
 }
 
 fn line_chart(rng: &mut rand::rngs::StdRng, size: u32) -> ChartSample {
@@ -235,7 +240,7 @@ fn line_chart(rng: &mut rand::rngs::StdRng, size: u32) -> ChartSample {
             QuestionKind::LineMax,
             "What is the highest value in the line chart?".to_string(),
             max.to_string(),
-            (if max == MAX_VALUE { max - 1 } else { max + 1 }).to_string(),
+            near_miss(max),
         )
     };
     ChartSample {
