@@ -392,4 +392,34 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn training_quantised_weights_in_full_is_a_config_error() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-smolvlm");
+        let quant = QuantConfig::nf4();
+        let prepare = |lora: Option<&LoraSection>| {
+            prepare_model::<crate::backend::CpuBackend>(
+                &dir,
+                "tiny",
+                lora,
+                None,
+                Some(&quant),
+                0,
+                &Default::default(),
+            )
+        };
+        let err = prepare(None)
+            .err()
+            .expect("full fine-tuning of NF4 weights")
+            .to_string();
+        assert!(
+            err.contains("model.text_model.layers.0") && err.contains("[lora]"),
+            "{err}"
+        );
+        let lora = LoraSection {
+            preset: Some(LoraPreset::TextAttention),
+            config: LoraPreset::TextAttention.config(4, 8.0),
+        };
+        assert!(prepare(Some(&lora)).is_ok(), "QLoRA is fine");
+    }
 }
