@@ -409,8 +409,7 @@ mod tests {
             )
         };
         let err = prepare(None)
-            .err()
-            .expect("full fine-tuning of NF4 weights")
+            .expect_err("full fine-tuning of NF4 weights")
             .to_string();
         assert!(
             err.contains("model.text_model.layers.0") && err.contains("[lora]"),
