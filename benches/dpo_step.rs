@@ -18,7 +18,7 @@ use vlmtune::train::dpo::{DpoObjective, Reference};
 use vlmtune::train::optim::{clip_grad_norm, collect_grads, AdamW};
 use vlmtune::train::{Accumulation, DpoConfig, Objective};
 
-type AB = burn::backend::Autodiff<burn::backend::NdArray>;
+type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
 fn run(mode: &str) {
     let device = Default::default();

@@ -8,7 +8,7 @@ mod common;
 use criterion::Criterion;
 use vlmtune::prelude::*;
 
-type B = burn::backend::NdArray;
+type B = burn::backend::Flex;
 
 fn main() {
     let device = Default::default();

@@ -22,8 +22,8 @@ use vlmtune::peft::{add_adapter, LoraPreset};
 use vlmtune::prelude::TokenBatch;
 use vlmtune::quant::{QuantConfig, RandomInit, Weights};
 
-type AB = burn::backend::Autodiff<burn::backend::NdArray>;
-type ABCheckpointed = burn::backend::Autodiff<burn::backend::NdArray, BalancedCheckpointing>;
+type AB = burn::backend::Autodiff<burn::backend::Flex>;
+type ABCheckpointed = burn::backend::Autodiff<burn::backend::Flex, BalancedCheckpointing>;
 
 const MODES: [&str; 11] = [
     "lora", "full", "sft", "sft-gc", "sft-bf16", "sft-int8", "sft-nf4", "fwd-f32", "fwd-bf16",

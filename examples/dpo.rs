@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release --example dpo`
 
+vlmtune::use_retaining_allocator!();
+
 use vlmtune::backend::CpuBackend;
 use vlmtune::jobs::dpo::{run_dpo, DpoJobConfig};
 use vlmtune::jobs::sft::{run_sft, SftJobConfig};

@@ -6,10 +6,12 @@
 //! ```
 //! (any SmolVLM folder or Hub id works in place of the tiny test checkpoint).
 
+vlmtune::use_retaining_allocator!();
+
 use vlmtune::data::processor::open_image;
 use vlmtune::{ChatOptions, Pipeline};
 
-type B = burn::backend::NdArray;
+type B = burn::backend::Flex;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release --example sft`
 
+vlmtune::use_retaining_allocator!();
+
 use vlmtune::backend::CpuBackend;
 use vlmtune::jobs::sft::{run_sft, LoraSection, SftJobConfig};
 use vlmtune::peft::LoraPreset;

@@ -1,4 +1,4 @@
-//! Choosing the compute backend at run time: `Autodiff<NdArray>` on the CPU (always built) or
+//! Choosing the compute backend at run time: `Autodiff<Flex>` on the CPU (always built) or
 //! `Autodiff<Cuda>` with the `cuda` cargo feature; bf16 compute and gradient checkpointing
 //! (burn's `BalancedCheckpointing` strategy) are backend types too.
 
@@ -19,7 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
-    /// The CPU (burn-ndarray).
+    /// The CPU (burn-flex, all cores).
     #[default]
     Cpu,
     /// The first CUDA GPU (burn-cuda; needs the `cuda` feature).
@@ -27,10 +27,10 @@ pub enum DeviceKind {
 }
 
 /// The CPU training backend.
-pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray>;
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 /// The CPU training backend with activation recomputation.
 pub type CpuCheckpointedBackend =
-    burn::backend::Autodiff<burn::backend::NdArray, BalancedCheckpointing>;
+    burn::backend::Autodiff<burn::backend::Flex, BalancedCheckpointing>;
 
 /// The CUDA training backend.
 #[cfg(feature = "cuda")]

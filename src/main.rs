@@ -2,6 +2,8 @@
 
 mod cli;
 
+vlmtune::use_retaining_allocator!();
+
 use clap::{Parser, Subcommand};
 use vlmtune::backend::{dispatch, dispatch_training, DeviceKind};
 

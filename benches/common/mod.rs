@@ -3,6 +3,8 @@
 //! the reference scripts use too, and running each mode in its own process.
 #![allow(dead_code)]
 
+vlmtune::use_retaining_allocator!();
+
 use std::path::PathBuf;
 
 /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).

@@ -1,13 +1,15 @@
 //! Helpers shared by the fixture-parity tests.
 #![allow(dead_code)]
 
+vlmtune::use_retaining_allocator!();
+
 use std::path::PathBuf;
 
 use vlmtune_model::{PixelBatch, TokenBatch};
 use vlmtune_quant::SafetensorsFiles;
 
 /// The CPU backend the tests run on.
-pub type B = burn::backend::NdArray;
+pub type B = burn::backend::Flex;
 /// The autodiff CPU backend.
 pub type AB = burn::backend::Autodiff<B>;
 

@@ -69,7 +69,7 @@ mod tests {
     use super::*;
     use burn::tensor::TensorData;
 
-    type B = burn::backend::NdArray;
+    type B = burn::backend::Flex;
 
     #[test]
     fn pixel_shuffle_matches_index_formula() {

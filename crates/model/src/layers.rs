@@ -1,5 +1,5 @@
-//! Small building blocks with Hugging Face parameter names: LayerNorm, RMSNorm, Embedding,
-//! and the tanh-approximated GELU.
+//! Small building blocks with Hugging Face parameter names: LayerNorm, RMSNorm, Embedding
+//! (the norms and the tanh-approximated GELU compute in `vlmtune-kernels`).
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Int, Tensor};
@@ -30,9 +30,7 @@ impl<B: Backend> LayerNorm<B> {
 
     /// Normalises the last dimension of `[batch, seq, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let (var, mean) = x.clone().var_mean_bias(2);
-        let normed = (x - mean) / (var + self.eps).sqrt();
-        normed * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
+        vlmtune_kernels::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 
@@ -56,9 +54,7 @@ impl<B: Backend> RmsNorm<B> {
 
     /// Normalises the last dimension of `[batch, seq, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mean_square = x.clone().square().mean_dim(2);
-        let normed = x * (mean_square + self.eps).sqrt().recip();
-        normed * self.weight.val().unsqueeze::<3>()
+        vlmtune_kernels::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -86,32 +82,4 @@ impl<B: Backend> Embedding<B> {
     }
 }
 
-/// `gelu_pytorch_tanh`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, computed as the
-/// equal `x·sigmoid(2·√(2/π)·x·(1 + 0.044715·x²))` (fewer element-wise passes).
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let c2 = 2.0 * (2.0f64 / std::f64::consts::PI).sqrt();
-    let z = x.clone() * (x.clone().square() * (c2 * 0.044715) + c2);
-    x * burn::tensor::activation::sigmoid(z)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::tensor::TensorData;
-
-    type B = burn::backend::NdArray;
-
-    #[test]
-    fn gelu_tanh_matches_torch_values() {
-        // torch.nn.functional.gelu(x, approximate="tanh") for x = -2, -0.5, 0, 1, 3
-        let want = [-0.04540229f32, -0.15428599, 0.0, 0.8411920, 2.9963627];
-        let x = Tensor::<B, 1>::from_data(
-            TensorData::new(vec![-2.0f32, -0.5, 0.0, 1.0, 3.0], [5]),
-            &Default::default(),
-        );
-        let y = gelu_tanh(x).into_data().to_vec::<f32>().unwrap();
-        for (a, b) in y.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-        }
-    }
-}
+pub use vlmtune_kernels::gelu_tanh;

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use vlmtune_model::{Preset, SmolVlm, TokenBatch};
-//! type B = burn::backend::NdArray;
+//! type B = burn::backend::Flex;
 //! let config = Preset::Tiny.config();
 //! let model = SmolVlm::<B>::init(&config, 0, &Default::default()).unwrap();
 //! let tokens = TokenBatch::from_rows(&[vec![1, 5, 9]]).unwrap();

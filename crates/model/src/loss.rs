@@ -117,7 +117,7 @@ pub fn count_correct<B: Backend>(logits: Tensor<B, 2>, targets: &[i64]) -> Resul
 mod tests {
     use super::*;
 
-    type B = burn::backend::NdArray;
+    type B = burn::backend::Flex;
 
     #[test]
     fn shifted_targets_skip_ignored() {

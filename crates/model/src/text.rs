@@ -2,12 +2,11 @@
 //! SwiGLU MLP, and the key/value cache that generation passes in and gets back.
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use vlmtune_peft::Linear;
 use vlmtune_quant::Weights;
 
-use crate::attention::{causal_mask, scaled_dot_product};
+use crate::attention::{attention, AttentionMask};
 use crate::config::TextConfig;
 use crate::error::Result;
 use crate::layers::{Embedding, RmsNorm};
@@ -140,7 +139,7 @@ impl<B: Backend> TextAttention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
-        mask: Option<Tensor<B, 4>>,
+        mask: &AttentionMask,
         past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
         let [b, l, _] = x.dims();
@@ -166,7 +165,7 @@ impl<B: Backend> TextAttention<B> {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
         };
-        let out = scaled_dot_product(q, k.clone(), v.clone(), mask, (hd as f64).powf(-0.5));
+        let out = attention(q, k.clone(), v.clone(), mask, (hd as f64).powf(-0.5));
         let out = out.swap_dims(1, 2).reshape([b, l, self.num_heads * hd]);
         (self.o_proj.forward(out), (k, v))
     }
@@ -186,8 +185,9 @@ pub struct TextMlp<B: Backend> {
 impl<B: Backend> TextMlp<B> {
     /// `[batch, seq, Dt] -> [batch, seq, Dt]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward(x.clone());
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(vlmtune_kernels::silu_mul(gate, self.up_proj.forward(x)))
     }
 }
 
@@ -278,7 +278,6 @@ impl<B: Backend> TextModel<B> {
     ) -> (Tensor<B, 3>, KvCache<B>) {
         let [batch, seq, _] = embeds.dims();
         let device = embeds.device();
-        let past = ctx.cache.map(KvCache::len).unwrap_or(0);
         let head_dim = self
             .layers
             .first()
@@ -292,7 +291,7 @@ impl<B: Backend> TextModel<B> {
             self.rope_theta,
             &device,
         );
-        let mask = causal_mask::<B>(ctx.attention_mask, batch, seq, past + seq, &device);
+        let mask = AttentionMask::causal(ctx.attention_mask);
         let mut h = embeds;
         let mut cache = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -300,7 +299,7 @@ impl<B: Backend> TextModel<B> {
             let (attn, kv) = layer.self_attn.forward(
                 layer.input_layernorm.forward(h.clone()),
                 &rope,
-                mask.clone(),
+                &mask,
                 past_kv,
             );
             h = h + attn;

@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use vlmtune_peft::Linear;
 use vlmtune_quant::{Init, Weights};
 
-use crate::attention::{key_padding_mask, scaled_dot_product};
+use crate::attention::{attention, AttentionMask};
 use crate::config::VisionConfig;
 use crate::error::Result;
 use crate::layers::{gelu_tanh, Embedding, LayerNorm};
@@ -146,15 +146,15 @@ impl<B: Backend> VisionAttention<B> {
         })
     }
 
-    /// `[n, P, Dv]` with an optional additive key mask `[n, 1, 1, P]`.
-    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 4>>) -> Tensor<B, 3> {
+    /// `[n, P, Dv]`, hiding the keys `mask` hides.
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask) -> Tensor<B, 3> {
         let [n, len, dim] = x.dims();
         let hd = dim / self.num_heads;
         let split = |t: Tensor<B, 3>| t.reshape([n, len, self.num_heads, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let out = scaled_dot_product(q, k, v, mask, (hd as f64).powf(-0.5));
+        let out = attention(q, k, v, mask, (hd as f64).powf(-0.5));
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([n, len, dim]))
     }
@@ -197,7 +197,7 @@ impl<B: Backend> EncoderLayer<B> {
     }
 
     /// `[n, P, Dv] -> [n, P, Dv]`.
-    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 4>>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask) -> Tensor<B, 3> {
         let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), mask);
         let m = self.mlp.fc2.forward(gelu_tanh(
             self.mlp.fc1.forward(self.layer_norm2.forward(h.clone())),
@@ -267,12 +267,12 @@ impl<B: Backend> VisionTransformer<B> {
         let position_ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, per_tile]), &device);
         let mask = match patch_mask {
-            Some(m) if !full => Some(key_padding_mask::<B>(m, n, per_tile, &device)),
-            _ => None,
+            Some(m) if !full => AttentionMask::key_padding(m),
+            _ => AttentionMask::none(),
         };
         let mut h = self.embeddings.forward(pixels, position_ids);
         for layer in &self.encoder.layers {
-            h = layer.forward(h, mask.clone());
+            h = layer.forward(h, &mask);
         }
         self.post_layernorm.forward(h)
     }

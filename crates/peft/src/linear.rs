@@ -360,7 +360,7 @@ mod tests {
     use crate::config::{InitLoraWeights, LoraConfig, ModuleSelector};
     use vlmtune_quant::RandomInit;
 
-    type B = burn::backend::NdArray;
+    type B = burn::backend::Flex;
 
     fn layer() -> Linear<B> {
         let src = RandomInit::new(3);

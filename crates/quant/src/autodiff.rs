@@ -41,7 +41,7 @@ pub fn quantized_linear<B: Backend>(x: Tensor<B, 2>, q: &QuantizedWeight<B>) -> 
     if !B::ad_enabled(&x.device()) {
         return dequantized_matmul(x, q);
     }
-    type Cpu = burn::backend::NdArray;
+    type Cpu = burn::backend::Flex;
     try_recompute!(x, q, (Cpu, NoCheckpointing), (Cpu, BalancedCheckpointing));
     #[cfg(feature = "cuda")]
     let x = {
@@ -132,7 +132,7 @@ mod tests {
     use crate::config::StorageFormat;
     use burn::tensor::TensorData;
 
-    type AB = Autodiff<burn::backend::NdArray>;
+    type AB = Autodiff<burn::backend::Flex>;
 
     #[test]
     fn custom_backward_equals_the_plain_matmul() {
@@ -161,7 +161,7 @@ mod tests {
         let x2 = x();
         let y2 = dequantized_matmul(x2.clone(), &q);
         let g2 = (y2.clone() * weights).sum().backward();
-        let host = |t: Tensor<burn::backend::NdArray, 2>| t.into_data().to_vec::<f32>().unwrap();
+        let host = |t: Tensor<burn::backend::Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
         assert_eq!(host(y1.inner()), host(y2.inner()));
         assert_eq!(host(x1.grad(&g1).unwrap()), host(x2.grad(&g2).unwrap()));
     }

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use vlmtune_quant::{Init, RandomInit, Weights};
-//! type B = burn::backend::NdArray;
+//! type B = burn::backend::Flex;
 //! let source = RandomInit::new(0);
 //! let w = Weights::<B>::new(&source, &Default::default());
 //! let t = w.pp("layer").tensor("weight", [2, 3], Init::Ones).unwrap();

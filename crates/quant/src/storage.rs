@@ -47,7 +47,7 @@ pub struct QuantizedWeight<B: Backend> {
     #[module(skip)]
     pub offset: f32,
     /// On the CPU backend the compact data stays in host memory and is dequantised by the
-    /// reference loops of [`crate::bnb`] (ndarray's gathers cost ~25 ns an element); the
+    /// reference loops of [`crate::bnb`] (the backend's gathers cost ~25 ns an element); the
     /// tensor fields are then one-element placeholders.
     #[module(skip)]
     pub host: Option<Arc<HostStorage>>,
@@ -92,9 +92,9 @@ pub enum BlockScales {
     Double(bnb::DoubleQuant),
 }
 
-/// Whether `device` is the CPU (ndarray) device, where host-side dequantisation is faster.
+/// Whether `device` is the CPU (burn-flex) device, where host-side dequantisation is faster.
 fn is_host_device<D: 'static>(device: &D) -> bool {
-    (device as &dyn std::any::Any).is::<burn::backend::ndarray::NdArrayDevice>()
+    (device as &dyn std::any::Any).is::<burn::backend::flex::FlexDevice>()
 }
 
 /// An integer tensor in the data's own (compact) dtype when the backend supports it.
@@ -400,7 +400,7 @@ fn repeat_each<B: Backend>(t: Tensor<B, 1>, times: usize, k: usize) -> Tensor<B,
 mod tests {
     use super::*;
 
-    type B = burn::backend::NdArray;
+    type B = burn::backend::Flex;
 
     fn sample(n: usize) -> Vec<f32> {
         (0..n)

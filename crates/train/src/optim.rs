@@ -273,7 +273,7 @@ impl<B: Backend> AdamW<B> {
 mod tests {
     use super::*;
 
-    type AB = burn::backend::Autodiff<burn::backend::NdArray>;
+    type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
     #[derive(burn::module::Module, Debug)]
     struct Toy<B: Backend> {

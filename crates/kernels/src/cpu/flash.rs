@@ -1,0 +1,460 @@
+//! Flash attention on the CPU (forward and backward), over f32 slices with strides.
+//!
+//! Queries are taken in blocks of [`BLOCK_Q`] rows and keys in blocks of [`BLOCK_K`]; the
+//! forward keeps a running maximum and sum per row (online softmax) and stores only the
+//! log-sum-exp per row for the backward, which recomputes each block's probabilities from it
+//! (FlashAttention-2's algorithm). No `[q_len, kv_len]` score tensor is ever kept. The block
+//! products run on the `gemm` crate, one thread each; the work is spread over
+//! `batch x heads x query blocks` (forward) and `batch x heads` (backward) with rayon.
+//!
+//! Masked scores get the value `f32::MIN`, exactly as the additive mask of the plain path
+//! makes them, so a row whose keys are all masked (a left-padded query) averages all values
+//! uniformly there and here.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::exp::{exp, exp_shifted_sum};
+
+/// Query rows per block.
+pub const BLOCK_Q: usize = 64;
+/// Key rows per block.
+pub const BLOCK_K: usize = 128;
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    /// Batch size.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (`heads` is a multiple).
+    pub kv_heads: usize,
+    /// Query rows.
+    pub q_len: usize,
+    /// Key rows.
+    pub kv_len: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl Geometry {
+    fn groups(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    /// Position of query 0 in the key sequence (the cached prefix length).
+    fn past(&self) -> usize {
+        self.kv_len - self.q_len
+    }
+}
+
+/// `[batch, heads, rows, head_dim]` values laid out with any strides, the last one 1.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadsView<'a> {
+    /// The storage.
+    pub data: &'a [f32],
+    /// Element offset of `[0, 0, 0, 0]`.
+    pub offset: usize,
+    /// Strides of batch, head and row.
+    pub strides: [usize; 3],
+}
+
+impl HeadsView<'_> {
+    fn row(&self, b: usize, h: usize, i: usize) -> *const f32 {
+        let [sb, sh, sl] = self.strides;
+        self.data[self.offset + b * sb + h * sh + i * sl..].as_ptr()
+    }
+    fn row_slice(&self, b: usize, h: usize, i: usize, d: usize) -> &[f32] {
+        let [sb, sh, sl] = self.strides;
+        let at = self.offset + b * sb + h * sh + i * sl;
+        &self.data[at..at + d]
+    }
+    fn row_stride(&self) -> isize {
+        self.strides[2] as isize
+    }
+}
+
+/// Which keys each query sees.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mask<'a> {
+    /// Query `i` sees keys `j <= past + i` only.
+    pub causal: bool,
+    /// `[batch, kv_len]`: false hides that key from every query.
+    pub key_keep: Option<&'a [bool]>,
+}
+
+impl Mask<'_> {
+    /// The first visible key of batch row `b` (kv_len when none is).
+    fn first_kept(&self, b: usize, kv_len: usize) -> usize {
+        match self.key_keep {
+            Some(keep) => keep[b * kv_len..(b + 1) * kv_len]
+                .iter()
+                .position(|k| *k)
+                .unwrap_or(kv_len),
+            None => 0,
+        }
+    }
+
+    /// Whether query `i` of batch row `b` sees no key at all.
+    fn fully_masked(&self, g: &Geometry, b: usize, i: usize) -> bool {
+        let first = self.first_kept(b, g.kv_len);
+        first == g.kv_len || (self.causal && first > g.past() + i)
+    }
+
+    /// Sets the masked scores of one row (`scores[c]` is key `j0 + c`) to `f32::MIN`.
+    fn apply(&self, g: &Geometry, b: usize, i: usize, j0: usize, scores: &mut [f32]) {
+        if self.causal {
+            let visible_end = (g.past() + i + 1).saturating_sub(j0).min(scores.len());
+            scores[visible_end..].fill(f32::MIN);
+        }
+        if let Some(keep) = self.key_keep {
+            let keep = &keep[b * g.kv_len + j0..b * g.kv_len + j0 + scores.len()];
+            for (s, k) in scores.iter_mut().zip(keep) {
+                if !k {
+                    *s = f32::MIN;
+                }
+            }
+        }
+    }
+
+    /// The end of the keys any query of `i0..i1` may see, unless a row sees none (then all
+    /// keys take part, uniformly).
+    fn key_end(&self, g: &Geometry, b: usize, i0: usize, i1: usize) -> usize {
+        if !self.causal || (i0..i1).any(|i| self.fully_masked(g, b, i)) {
+            g.kv_len
+        } else {
+            (g.past() + i1).min(g.kv_len)
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of rows through it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]`, strides in elements (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    accumulate: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    beta: f32,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2,
+        dst.1,
+        accumulate,
+        lhs.0,
+        lhs.2,
+        lhs.1,
+        rhs.0,
+        rhs.2,
+        rhs.1,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// Attention output and per-row log-sum-exp.
+pub struct Forward {
+    /// `[batch, q_len, heads, head_dim]` (so that merging the heads afterwards is free).
+    pub out: Vec<f32>,
+    /// `[batch, heads, q_len]`; NaN marks a row that saw no key.
+    pub lse: Vec<f32>,
+}
+
+/// Strides of the `[batch, rows, heads, head_dim]` layout, seen as `[batch, heads, rows, d]`.
+pub fn merged_heads_strides(heads: usize, rows: usize, head_dim: usize) -> [usize; 3] {
+    [rows * heads * head_dim, head_dim, heads * head_dim]
+}
+
+/// `softmax(scale · q·kᵀ + mask) · v`.
+pub fn forward(
+    q: HeadsView,
+    k: HeadsView,
+    v: HeadsView,
+    g: Geometry,
+    mask: Mask,
+    scale: f32,
+) -> Forward {
+    let d = g.head_dim;
+    let mut out = vec![0.0f32; g.batch * g.q_len * g.heads * d];
+    let mut lse = vec![0.0f32; g.batch * g.heads * g.q_len];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let lse_ptr = SendPtr(lse.as_mut_ptr());
+    let q_blocks = g.q_len.div_ceil(BLOCK_Q);
+    let [osb, osh, osl] = merged_heads_strides(g.heads, g.q_len, d);
+    (0..g.batch * g.heads * q_blocks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (bh, qb) = (task / q_blocks, task % q_blocks);
+            let (b, h) = (bh / g.heads, bh % g.heads);
+            let kvh = h / g.groups();
+            let i0 = qb * BLOCK_Q;
+            let i1 = (i0 + BLOCK_Q).min(g.q_len);
+            let rows = i1 - i0;
+            let mut scores = vec![0.0f32; rows * BLOCK_K];
+            let mut acc = vec![0.0f32; rows * d];
+            let mut max = vec![f32::NEG_INFINITY; rows];
+            let mut sum = vec![0.0f32; rows];
+            let key_end = mask.key_end(&g, b, i0, i1);
+            for j0 in (0..key_end).step_by(BLOCK_K) {
+                let cols = (j0 + BLOCK_K).min(g.kv_len) - j0;
+                // SAFETY: the views cover these rows; `scores` holds rows×cols.
+                unsafe {
+                    matmul(
+                        [rows, cols, d],
+                        (scores.as_mut_ptr(), cols as isize, 1),
+                        false,
+                        (q.row(b, h, i0), q.row_stride(), 1),
+                        (k.row(b, kvh, j0), 1, k.row_stride()),
+                        scale,
+                    );
+                }
+                for r in 0..rows {
+                    let row = &mut scores[r * cols..(r + 1) * cols];
+                    mask.apply(&g, b, i0 + r, j0, row);
+                    let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let new_max = max[r].max(block_max);
+                    let correction = exp(max[r] - new_max);
+                    sum[r] = sum[r] * correction + exp_shifted_sum(row, new_max);
+                    max[r] = new_max;
+                    if correction != 1.0 {
+                        acc[r * d..(r + 1) * d]
+                            .iter_mut()
+                            .for_each(|a| *a *= correction);
+                    }
+                }
+                // SAFETY: as above; `acc` holds rows×d.
+                unsafe {
+                    matmul(
+                        [rows, d, cols],
+                        (acc.as_mut_ptr(), d as isize, 1),
+                        true,
+                        (scores.as_ptr(), cols as isize, 1),
+                        (v.row(b, kvh, j0), v.row_stride(), 1),
+                        1.0,
+                    );
+                }
+            }
+            for r in 0..rows {
+                let i = i0 + r;
+                // SAFETY: row (b, i, h) of `out` and entry (b, h, i) of `lse` belong to this task.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.at(b * osb + h * osh + i * osl), d)
+                };
+                let lse_at = unsafe { &mut *lse_ptr.at((b * g.heads + h) * g.q_len + i) };
+                if mask.fully_masked(&g, b, i) {
+                    dst.fill(0.0);
+                    for j in 0..g.kv_len {
+                        for (o, x) in dst.iter_mut().zip(v.row_slice(b, kvh, j, d)) {
+                            *o += x;
+                        }
+                    }
+                    dst.iter_mut().for_each(|o| *o /= g.kv_len as f32);
+                    *lse_at = f32::NAN;
+                } else {
+                    let inv = 1.0 / sum[r];
+                    for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                        *o = a * inv;
+                    }
+                    *lse_at = max[r] + sum[r].ln();
+                }
+            }
+        });
+    Forward { out, lse }
+}
+
+/// Gradients of q, k and v.
+pub struct Backward {
+    /// `[batch, q_len, heads, head_dim]`.
+    pub dq: Vec<f32>,
+    /// `[batch, kv_len, kv_heads, head_dim]`.
+    pub dk: Vec<f32>,
+    /// `[batch, kv_len, kv_heads, head_dim]`.
+    pub dv: Vec<f32>,
+}
+
+/// The inputs of the backward besides q, k and v.
+#[derive(Clone, Copy)]
+pub struct Saved<'a> {
+    /// The forward output.
+    pub out: HeadsView<'a>,
+    /// The forward's log-sum-exp, `[batch, heads, q_len]`.
+    pub lse: &'a [f32],
+    /// The gradient of the output.
+    pub grad: HeadsView<'a>,
+}
+
+/// The backward of [`forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: HeadsView,
+    k: HeadsView,
+    v: HeadsView,
+    saved: Saved,
+    g: Geometry,
+    mask: Mask,
+    scale: f32,
+) -> Backward {
+    let d = g.head_dim;
+    let groups = g.groups();
+    let mut dq = vec![0.0f32; g.batch * g.q_len * g.heads * d];
+    // With grouped heads, each query head first sums into its own buffer, reduced after.
+    let mut dk_heads = vec![0.0f32; g.batch * g.kv_len * g.heads * d];
+    let mut dv_heads = vec![0.0f32; g.batch * g.kv_len * g.heads * d];
+    let ptrs = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk_heads.as_mut_ptr()),
+        SendPtr(dv_heads.as_mut_ptr()),
+    );
+    let [qsb, qsh, qsl] = merged_heads_strides(g.heads, g.q_len, d);
+    let [ksb, ksh, ksl] = merged_heads_strides(g.heads, g.kv_len, d);
+    (0..g.batch * g.heads).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / g.heads, bh % g.heads);
+        let kvh = h / groups;
+        // This task owns head (b, h) of dq and of the per-head dk/dv buffers.
+        let dq_head = ptrs.0.at(b * qsb + h * qsh);
+        let dk_head = ptrs.1.at(b * ksb + h * ksh);
+        let dv_head = ptrs.2.at(b * ksb + h * ksh);
+        let lse = &saved.lse[bh * g.q_len..(bh + 1) * g.q_len];
+        let delta: Vec<f32> = (0..g.q_len)
+            .map(|i| {
+                let o = saved.out.row_slice(b, h, i, d);
+                let dout = saved.grad.row_slice(b, h, i, d);
+                o.iter().zip(dout).map(|(a, b)| a * b).sum()
+            })
+            .collect();
+        let mut probs = vec![0.0f32; BLOCK_Q * BLOCK_K];
+        let mut dprobs = vec![0.0f32; BLOCK_Q * BLOCK_K];
+        for i0 in (0..g.q_len).step_by(BLOCK_Q) {
+            let i1 = (i0 + BLOCK_Q).min(g.q_len);
+            let rows = i1 - i0;
+            let key_end = mask.key_end(&g, b, i0, i1);
+            for j0 in (0..key_end).step_by(BLOCK_K) {
+                let cols = (j0 + BLOCK_K).min(g.kv_len) - j0;
+                let (p, dp) = (&mut probs[..rows * cols], &mut dprobs[..rows * cols]);
+                // SAFETY (all products below): the views and this head's gradient rows cover
+                // the blocks; p and dp hold rows×cols.
+                unsafe {
+                    matmul(
+                        [rows, cols, d],
+                        (p.as_mut_ptr(), cols as isize, 1),
+                        false,
+                        (q.row(b, h, i0), q.row_stride(), 1),
+                        (k.row(b, kvh, j0), 1, k.row_stride()),
+                        scale,
+                    );
+                }
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let row = &mut p[r * cols..(r + 1) * cols];
+                    if lse[i].is_nan() {
+                        row.fill(1.0 / g.kv_len as f32);
+                    } else {
+                        mask.apply(&g, b, i, j0, row);
+                        exp_shifted_sum(row, lse[i]);
+                    }
+                }
+                unsafe {
+                    // dV += Pᵀ · dO
+                    matmul(
+                        [cols, d, rows],
+                        (dv_head.add(j0 * ksl), ksl as isize, 1),
+                        true,
+                        (p.as_ptr(), 1, cols as isize),
+                        (saved.grad.row(b, h, i0), saved.grad.row_stride(), 1),
+                        1.0,
+                    );
+                    // dP = dO · Vᵀ
+                    matmul(
+                        [rows, cols, d],
+                        (dp.as_mut_ptr(), cols as isize, 1),
+                        false,
+                        (saved.grad.row(b, h, i0), saved.grad.row_stride(), 1),
+                        (v.row(b, kvh, j0), 1, v.row_stride()),
+                        1.0,
+                    );
+                }
+                for r in 0..rows {
+                    let di = delta[i0 + r];
+                    let (pr, dpr) = (
+                        &p[r * cols..(r + 1) * cols],
+                        &mut dp[r * cols..(r + 1) * cols],
+                    );
+                    for (ds, pv) in dpr.iter_mut().zip(pr) {
+                        *ds = pv * (*ds - di);
+                    }
+                }
+                unsafe {
+                    // dQ += scale · dS · K
+                    matmul(
+                        [rows, d, cols],
+                        (dq_head.add(i0 * qsl), qsl as isize, 1),
+                        true,
+                        (dp.as_ptr(), cols as isize, 1),
+                        (k.row(b, kvh, j0), k.row_stride(), 1),
+                        scale,
+                    );
+                    // dK += scale · dSᵀ · Q
+                    matmul(
+                        [cols, d, rows],
+                        (dk_head.add(j0 * ksl), ksl as isize, 1),
+                        true,
+                        (dp.as_ptr(), 1, cols as isize),
+                        (q.row(b, h, i0), q.row_stride(), 1),
+                        scale,
+                    );
+                }
+            }
+        }
+    });
+    let (dk, dv) = if groups == 1 {
+        (dk_heads, dv_heads)
+    } else {
+        (
+            sum_groups(&dk_heads, g, groups),
+            sum_groups(&dv_heads, g, groups),
+        )
+    };
+    Backward { dq, dk, dv }
+}
+
+/// `[batch, kv_len, heads, d]` per query head to `[batch, kv_len, kv_heads, d]`.
+fn sum_groups(per_head: &[f32], g: Geometry, groups: usize) -> Vec<f32> {
+    let d = g.head_dim;
+    let mut out = vec![0.0f32; g.batch * g.kv_len * g.kv_heads * d];
+    out.par_chunks_mut(g.kv_heads * d)
+        .zip(per_head.par_chunks(g.heads * d))
+        .for_each(|(dst, src)| {
+            for (kvh, dst) in dst.chunks_mut(d).enumerate() {
+                for gi in 0..groups {
+                    let h = kvh * groups + gi;
+                    for (o, x) in dst.iter_mut().zip(&src[h * d..(h + 1) * d]) {
+                        *o += x;
+                    }
+                }
+            }
+        });
+    out
+}

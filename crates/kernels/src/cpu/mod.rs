@@ -1,0 +1,5 @@
+//! The CPU kernels over f32 slices: no burn types here.
+
+pub mod exp;
+pub mod flash;
+pub mod rows;
