@@ -98,15 +98,28 @@ fn main() {
             r["trl"]["peak_rss_mib"].as_f64()?,
         ))
     });
-    for mode in ["shared", "plain"] {
+    let asked = common::positional_args();
+    let modes: Vec<&str> = if asked.is_empty() {
+        vec!["shared", "plain"]
+    } else {
+        asked.iter().map(String::as_str).collect()
+    };
+    for mode in modes {
         let (s, mib) = common::run_mode_in_subprocess(mode);
         print!("256M DPO step per pair, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
         if let Some(theirs) = trl {
-            print!(
+            println!(
                 "{}",
                 common::ratio_suffix("TRL-style PyTorch", (s, mib), theirs)
             );
+            let name = if mode == "shared" {
+                "dpo_step"
+            } else {
+                "dpo_step_plain"
+            };
+            println!("{}", common::ratio_line(name, (s, mib), theirs));
+        } else {
+            println!();
         }
-        println!();
     }
 }

@@ -1,7 +1,8 @@
 //! One forward pass of the SmolVLM-256M architecture (random weights, f32) on one 512x512
 //! tile, next to the same forward in PyTorch (`scripts/reference/bench_forward.py`).
 //!
-//! `cargo bench --bench forward` (add `-- --quick` for fewer samples).
+//! `cargo bench --bench forward` (add `-- --quick` for fewer samples, `-- --summary` for the
+//! side-by-side line only).
 
 mod common;
 
@@ -29,6 +30,9 @@ fn main() {
         common::peak_rss_mib(),
     );
 
+    if common::summary_only() {
+        return;
+    }
     let mut c = Criterion::default().sample_size(10).configure_from_args();
     c.bench_function("forward_256m_one_tile", |b| b.iter(&mut forward));
     c.final_summary();

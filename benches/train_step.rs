@@ -10,7 +10,7 @@
 //!   the cost of dequantising inside the matmuls.
 //!
 //! Each mode runs in its own process so that peak memory is its own:
-//! `cargo bench --bench train_step` (all modes) or `-- --mode lora` (one).
+//! `cargo bench --bench train_step` (all modes) or `-- sft sft-nf4` (those).
 
 mod common;
 
@@ -97,6 +97,14 @@ fn run<AB: AutodiffBackend>(mode: &str) {
     common::print_mode_result(mode, secs);
 }
 
+/// The name of a mode's side-by-side line (`sft_step`, `sft_step_nf4`, `train_step_lora`, ...).
+fn line_name(mode: &str) -> String {
+    match mode.strip_prefix("sft") {
+        Some(rest) => format!("sft_step{}", rest.replace('-', "_")),
+        None => format!("train_step_{}", mode.replace('-', "_")),
+    }
+}
+
 fn forward_only_mode(mode: &str) -> bool {
     mode.starts_with("fwd")
 }
@@ -107,7 +115,13 @@ fn main() {
         return;
     }
     let reference = common::reference("train_step");
-    for mode in MODES {
+    let asked = common::positional_args();
+    let modes: Vec<&str> = if asked.is_empty() {
+        MODES.to_vec()
+    } else {
+        asked.iter().map(String::as_str).collect()
+    };
+    for mode in modes {
         let (s, mib) = common::run_mode_in_subprocess(mode);
         let what = if mode.starts_with("sft") {
             "SFT step"
@@ -123,7 +137,10 @@ fn main() {
                 r["peak_rss_mib"].as_f64().unwrap(),
             );
             print!("{}", common::ratio_suffix("PyTorch", (s, mib), theirs));
+            println!();
+            println!("{}", common::ratio_line(&line_name(mode), (s, mib), theirs));
+        } else {
+            println!();
         }
-        println!();
     }
 }

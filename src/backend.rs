@@ -42,6 +42,20 @@ pub type CudaBf16Backend = burn::backend::Autodiff<burn_cuda::Cuda<half::bf16>>;
 #[cfg(feature = "cuda")]
 pub type CudaCheckpointedBackend = burn::backend::Autodiff<burn_cuda::Cuda, BalancedCheckpointing>;
 
+/// Sizes the CPU thread pool the kernels share: `threads`, else `RAYON_NUM_THREADS`, else
+/// one thread per core. Call once, before any tensor work.
+pub fn set_cpu_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        pool = pool.num_threads(n);
+    }
+    pool.build_global()
+        .map_err(|e| anyhow::anyhow!("cannot set up {threads:?} CPU threads: {e}"))?;
+    tracing::debug!(threads = rayon::current_num_threads(), "CPU threads");
+    Ok(())
+}
+
 /// Work that runs on any autodiff backend.
 pub trait BackendJob {
     /// What the job returns.

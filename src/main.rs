@@ -14,6 +14,9 @@ struct Cli {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu, global = true)]
     device: DeviceKind,
+    /// CPU threads for the kernels (default: `RAYON_NUM_THREADS`, else every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +57,7 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    vlmtune::backend::set_cpu_threads(cli.threads)?;
     match cli.command {
         Command::Dpo(args) => {
             let config = args.job_config()?;

@@ -55,11 +55,8 @@ pub fn report(name: &str, label: &str, ours_s: f64, ours_peak_mib: f64) {
             let theirs = r["median_s"].as_f64().unwrap_or(f64::NAN);
             let peak = r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
             println!(
-                "{label}: PyTorch {:.3} s, peak RSS {:.0} MiB -> time ratio vlmtune/PyTorch {:.2}, memory ratio {:.2}",
-                theirs,
-                peak,
-                ours_s / theirs,
-                ours_peak_mib / peak
+                "{}",
+                ratio_line(name, (ours_s, ours_peak_mib), (theirs, peak))
             );
         }
         None => println!(
@@ -124,6 +121,32 @@ pub fn run_mode_in_subprocess(mode: &str) -> (f64, f64) {
         ours["median_s"].as_f64().unwrap(),
         ours["peak_rss_mib"].as_f64().unwrap(),
     )
+}
+
+/// The side-by-side line `scripts/bench_vs_pytorch.sh` collects:
+/// `NAME: vlmtune X s, PyTorch Y s, time ratio vlmtune/PyTorch R, memory ratio M`.
+pub fn ratio_line(name: &str, ours: (f64, f64), theirs: (f64, f64)) -> String {
+    format!(
+        "{name}: vlmtune {:.3} s, PyTorch {:.3} s, time ratio vlmtune/PyTorch {:.2}, memory ratio {:.2}",
+        ours.0,
+        theirs.0,
+        ours.0 / theirs.0,
+        ours.1 / theirs.1
+    )
+}
+
+/// Whether the benchmark was started with `--summary` (the side-by-side figures only, no
+/// criterion samples).
+pub fn summary_only() -> bool {
+    std::env::args().any(|a| a == "--summary")
+}
+
+/// The positional arguments (modes to run), without flags such as `--summary` or `--bench`.
+pub fn positional_args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
 }
 
 /// `"; <label> 1.23 s, 456 MiB -> time x.., memory x.."` for a PyTorch figure.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -12,6 +13,10 @@ import torch
 from common import ROOT
 
 RESULTS = ROOT / "target" / "bench-reference"
+
+# transformers' default attention (what a user gets); `VLMTUNE_BENCH_ATTN=eager` for the
+# materialised-scores path.
+ATTN_IMPLEMENTATION = os.environ.get("VLMTUNE_BENCH_ATTN", "sdpa")
 
 
 def smolvlm_256m_config():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
+from bench_common import ATTN_IMPLEMENTATION, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
 
 TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
@@ -18,7 +18,7 @@ TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_p
 def main() -> None:
     torch.manual_seed(0)
     model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
-    model.config._attn_implementation = "eager"
+    model.config._attn_implementation = ATTN_IMPLEMENTATION
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TEXT_ATTENTION))
     model.train()
     prompt = one_tile_prompt()[0]

@@ -1,5 +1,5 @@
 """PyTorch side of `cargo bench --bench train_step`: forward + backward of the SmolVLM-256M
-architecture (random weights, f32, eager attention, one 512x512 tile, batch 1, 16 labelled
+architecture (random weights, f32, sdpa attention (VLMTUNE_BENCH_ATTN), one 512x512 tile, batch 1, 16 labelled
 tokens) with PEFT LoRA r=8 on the text attention, and as a full fine-tune; the SFT step with
 the frozen weights quantised by bitsandbytes (`sft-nf4`: NF4 + double quantisation, `sft-int8`;
 text projections, vision/connector/lm_head skipped) and forward passes without autograd
@@ -17,7 +17,7 @@ import tempfile
 import torch
 from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import RESULTS, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
+from bench_common import ATTN_IMPLEMENTATION, RESULTS, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
 
 TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
@@ -47,7 +47,7 @@ def build(mode: str):
             Idefics3ForConditionalGeneration(smolvlm_256m_config()).save_pretrained(CHECKPOINT)
         model = Idefics3ForConditionalGeneration.from_pretrained(
             CHECKPOINT, dtype=torch.float32, quantization_config=config, device_map="cpu")
-    model.config._attn_implementation = "eager"
+    model.config._attn_implementation = ATTN_IMPLEMENTATION
     return model
 
 

@@ -2,8 +2,9 @@
 //! connector, text model and LM head, with image features scattered into `<image>` positions
 //! (SPEC §3).
 
-use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
 use vlmtune_peft::Linear;
 use vlmtune_quant::{RandomInit, Weights};
 
@@ -173,6 +174,15 @@ impl<B: Backend> SmolVlm<B> {
     /// The vision tower output `[n_real, P, Dv]` of the real tiles and the real tiles per
     /// sample (see [`Self::encode_images`]).
     pub fn encode_vision(&self, pixels: &PixelBatch) -> Result<Option<(Tensor<B, 3>, Vec<usize>)>> {
+        let Some(input) = self.vision_input(pixels)? else {
+            return Ok(None);
+        };
+        let vision = input.run(&self.model.vision_model, &self.device());
+        Ok(Some((vision, input.tiles_per_sample)))
+    }
+
+    /// The real tiles of `pixels` and their patch masks, on the host.
+    fn vision_input(&self, pixels: &PixelBatch) -> Result<Option<VisionInput>> {
         let [batch, max_images, channels, height, width] = pixels.shape;
         let tile_len = channels * height * width;
         if pixels.pixel_values.len() != batch * max_images * tile_len {
@@ -226,16 +236,12 @@ impl<B: Backend> SmolVlm<B> {
                 Some(patch)
             }
         };
-        let device = self.device();
-        let pixels = Tensor::<B, 4>::from_data(
-            TensorData::new(values, [n_real, channels, height, width]),
-            &device,
-        );
-        let vision = self
-            .model
-            .vision_model
-            .forward(pixels, patch_mask.as_deref());
-        Ok(Some((vision, tiles_per_sample)))
+        Ok(Some(VisionInput {
+            values,
+            shape: [n_real, channels, height, width],
+            patch_mask,
+            tiles_per_sample,
+        }))
     }
 
     /// Token embeddings `[batch, seq, Dt]` with `<image>` positions replaced, in row-major
@@ -390,6 +396,69 @@ impl<B: Backend> SmolVlm<B> {
             None,
         )?;
         Ok(self.lm_head(hidden))
+    }
+}
+
+/// The real tiles of a pixel batch, ready for the vision tower.
+struct VisionInput {
+    values: Vec<f32>,
+    shape: [usize; 4],
+    patch_mask: Option<Vec<bool>>,
+    tiles_per_sample: Vec<usize>,
+}
+
+impl VisionInput {
+    /// The tower's output `[n_real, P, Dv]` on `tower`'s backend.
+    fn run<B2: Backend>(
+        &self,
+        tower: &VisionTransformer<B2>,
+        device: &B2::Device,
+    ) -> Tensor<B2, 3> {
+        let pixels =
+            Tensor::<B2, 4>::from_data(TensorData::new(self.values.clone(), self.shape), device);
+        tower.forward(pixels, self.patch_mask.as_deref())
+    }
+}
+
+impl<B: AutodiffBackend> SmolVlm<B> {
+    /// Whether any parameter of the vision tower receives gradients (it is trained, or
+    /// carries an adapter).
+    pub fn vision_is_trainable(&self) -> bool {
+        vlmtune_peft::named_params(&self.model.vision_model)
+            .iter()
+            .any(|p| p.trainable)
+    }
+
+    /// [`Self::encode_vision`] for a training step: when nothing in the vision tower trains,
+    /// the tower runs on the inner backend, so no autodiff graph is built for it and nothing
+    /// is kept for a backward that would reach no parameter.
+    pub fn encode_vision_for_training(
+        &self,
+        pixels: &PixelBatch,
+    ) -> Result<Option<(Tensor<B, 3>, Vec<usize>)>> {
+        if self.vision_is_trainable() {
+            return self.encode_vision(pixels);
+        }
+        let Some(input) = self.vision_input(pixels)? else {
+            return Ok(None);
+        };
+        let tower = self.model.vision_model.valid();
+        let device = tower.post_layernorm.weight.val().device();
+        let vision = input.run(&tower, &device);
+        Ok(Some((Tensor::from_inner(vision), input.tiles_per_sample)))
+    }
+
+    /// [`Self::encode_images`] with the vision tower as [`Self::encode_vision_for_training`]
+    /// runs it.
+    pub fn encode_images_for_training(
+        &self,
+        pixels: &PixelBatch,
+    ) -> Result<Option<ImageFeatures<B>>> {
+        let feats = self.encode_vision_for_training(pixels)?;
+        Ok(feats.map(|(vision, tiles)| ImageFeatures {
+            features: self.model.connector.forward(vision),
+            tiles_per_sample: tiles,
+        }))
     }
 }
 

@@ -79,7 +79,7 @@ where
                 }
                 return Ok(Some(project(Tensor::cat(parts, 0), level)));
             }
-            let Some((vision, tiles)) = model.encode_vision(pixels)? else {
+            let Some((vision, tiles)) = model.encode_vision_for_training(pixels)? else {
                 return Ok(None);
             };
             let stored = if level == CacheLevel::Connector {
@@ -95,7 +95,9 @@ where
             return Ok(Some(project(stored, level)));
         }
     }
-    Ok(model.encode_images(pixels)?.map(|f| f.features))
+    Ok(model
+        .encode_images_for_training(pixels)?
+        .map(|f| f.features))
 }
 
 /// The causal-LM loss of `batch` under `model`, normalised by `denominator`
