@@ -187,7 +187,7 @@ pub fn layer_norm_backward(
 }
 
 /// `2·sqrt(2/π)`: `gelu_tanh(x) = x·sigmoid(C·x·(1 + 0.044715·x²))`.
-const GELU_C: f32 = 1.595_769_1;
+const GELU_C: f32 = 2.0 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
 const GELU_K: f32 = 0.044_715;
 
 with_simd! {
