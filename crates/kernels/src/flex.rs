@@ -155,6 +155,16 @@ fn attention_forward(
     (merged_heads(out.out, shape), Arc::new(out.lse))
 }
 
+/// RoPE of `x` with `[batch, 1, len, d]` tables; the result in the merged-heads layout.
+fn rope_forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, inverse: bool) -> FlexTensor {
+    let s = x.layout().shape();
+    let dims = [s[0], s[1], s[2], s[3]];
+    let xv = heads_view(x);
+    let (c, sn) = (Dense::of(cos), Dense::of(sin));
+    let out = crate::cpu::rope::rope(view(&xv), dims, c.values(), sn.values(), inverse);
+    merged_heads(out, dims)
+}
+
 impl Fused for Flex {
     fn rms_norm<const D: usize>(
         x: Tensor<Self, D>,
@@ -180,6 +190,19 @@ impl Fused for Flex {
 
     fn silu_mul<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
         wrap::<Flex, D>(silu_mul_forward(&primitive(gate), &primitive(up)))
+    }
+
+    fn rotary_embedding(
+        x: Tensor<Self, 4>,
+        cos: Tensor<Self, 4>,
+        sin: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        wrap::<Flex, 4>(rope_forward(
+            &primitive(x),
+            &primitive(cos),
+            &primitive(sin),
+            false,
+        ))
     }
 
     fn attention(
@@ -305,6 +328,22 @@ impl Backward<Flex, 2> for SiluMulBackward {
     }
 }
 
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_parent] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(p) = x_parent {
+            grads.register::<Flex>(p.id, rope_forward(&dy, &cos, &sin, true));
+        }
+    }
+}
+
 /// What the attention backward needs: inputs, output, log-sum-exp, mask and scale.
 #[derive(Clone, Debug)]
 struct AttentionState {
@@ -408,6 +447,21 @@ impl<C: CheckpointStrategy> Fused for Autodiff<Flex, C> {
             (y, (gate.primitive.clone(), up.primitive.clone()))
         });
         wrap::<Self, D>(out)
+    }
+
+    fn rotary_embedding(
+        x: Tensor<Self, 4>,
+        cos: Tensor<Self, 4>,
+        sin: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        let x = ad_primitive(x);
+        // The tables are constants: only x is a parent.
+        let (cos, sin) = (ad_primitive(cos).primitive, ad_primitive(sin).primitive);
+        let out = record::<C, _, 1>(RopeBackward, [&x], || {
+            let y = rope_forward(&x.primitive, &cos, &sin, false);
+            (y, (cos.clone(), sin.clone()))
+        });
+        wrap::<Self, 4>(out)
     }
 
     fn attention(

@@ -27,6 +27,11 @@ pub(crate) trait Fused: Backend {
     ) -> Tensor<Self, D>;
     fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D>;
     fn silu_mul<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D>;
+    fn rotary_embedding(
+        x: Tensor<Self, 4>,
+        cos: Tensor<Self, 4>,
+        sin: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4>;
     fn attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,

@@ -8,11 +8,12 @@
 //! | [`attention`] | scaled dot-product attention, grouped-query, causal / key-padding mask |
 //! | [`rms_norm`], [`layer_norm`] | the two norms, over the last dimension |
 //! | [`gelu_tanh`], [`silu_mul`] | the vision and text MLP activations |
+//! | [`rotary_embedding`] | Llama's RoPE on queries and keys |
 //!
 //! On the CPU backend (`burn-flex`, with or without `Autodiff`) each is one fused kernel with an
 //! analytic backward registered as a custom autodiff op: attention is flash attention (online
 //! softmax over key blocks, only the log-sum-exp kept for the backward), the norms and
-//! activations one pass each. On any other backend they are the plain burn-op compositions
+//! activations and RoPE one pass each. On any other backend they are the plain burn-op compositions
 //! (`*_reference`), which are also what the fused kernels are tested against.
 //!
 //! ```
@@ -32,7 +33,9 @@ mod cpu;
 mod flex;
 mod fused;
 mod norm;
+mod rope;
 
 pub use activation::{gelu_tanh, gelu_tanh_reference, silu_mul, silu_mul_reference};
 pub use attention::{attention, attention_reference, AttentionMask, MASK_VALUE};
 pub use norm::{layer_norm, layer_norm_reference, rms_norm, rms_norm_reference};
+pub use rope::{rotary_embedding, rotary_embedding_reference};

@@ -189,6 +189,23 @@ fn attention_forward_without_autodiff_matches() {
 }
 
 #[test]
+fn rotary_embedding_matches_the_plain_ops() {
+    for table_batch in [2, 1] {
+        // q as the model hands it over: a view of the `[batch, len, heads, d]` projection.
+        let x = random([2, 7, 3, 16], 10).swap_dims(1, 2);
+        let cos = random([table_batch, 1, 7, 16], 11).inner();
+        let sin = random([table_batch, 1, 7, 16], 12).inner();
+        let constant = |t: &Tensor<B, 4>| Tensor::<AB, 4>::from_inner(t.clone());
+        check(
+            "rotary_embedding",
+            std::slice::from_ref(&x),
+            |t| rotary_embedding(t[0].clone(), constant(&cos), constant(&sin)),
+            |t| rotary_embedding_reference(t[0].clone(), constant(&cos), constant(&sin)),
+        );
+    }
+}
+
+#[test]
 fn norms_match_the_plain_ops() {
     let x = random([2, 7, 40], 5);
     let w = random([40], 6);

@@ -91,11 +91,7 @@ impl<B: Backend> Rope<B> {
 
     /// `x·cos + rotate_half(x)·sin` on `[batch, heads, seq, head_dim]`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let hd = x.dims()[3];
-        let first = x.clone().narrow(3, 0, hd / 2);
-        let second = x.clone().narrow(3, hd / 2, hd / 2);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        vlmtune_kernels::rotary_embedding(x, self.cos.clone(), self.sin.clone())
     }
 }
 

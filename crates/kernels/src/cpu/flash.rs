@@ -64,7 +64,7 @@ impl HeadsView<'_> {
         let [sb, sh, sl] = self.strides;
         self.data[self.offset + b * sb + h * sh + i * sl..].as_ptr()
     }
-    fn row_slice(&self, b: usize, h: usize, i: usize, d: usize) -> &[f32] {
+    pub(crate) fn row_slice(&self, b: usize, h: usize, i: usize, d: usize) -> &[f32] {
         let [sb, sh, sl] = self.strides;
         let at = self.offset + b * sb + h * sh + i * sl;
         &self.data[at..at + d]

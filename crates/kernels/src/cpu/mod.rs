@@ -2,4 +2,5 @@
 
 pub mod exp;
 pub mod flash;
+pub mod rope;
 pub mod rows;
