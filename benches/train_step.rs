@@ -3,7 +3,9 @@
 //! * `lora` / `full`: forward + backward with LoRA r=8 on the text attention, and as a full
 //!   fine-tune;
 //! * `sft` / `sft-gc`: one whole SFT optimizer step (forward, backward, AdamW) with that
-//!   LoRA, without and with gradient checkpointing (burn's `BalancedCheckpointing`);
+//!   LoRA, as `SftTrainer` computes it (the frozen vision tower without autodiff, logits only
+//!   at the labelled positions), without and with gradient checkpointing (burn's
+//!   `BalancedCheckpointing`);
 //! * `sft-bf16` / `sft-int8` / `sft-nf4`: that SFT step with the frozen weights stored in
 //!   bf16 (every projection), int8 or NF4 + double quantisation (text projections; QLoRA);
 //! * `fwd-f32` / `fwd-bf16` / `fwd-int8` / `fwd-nf4`: a forward pass without autodiff, for
@@ -21,6 +23,7 @@ use vlmtune::model::{causal_lm_loss, Preset, SmolVlm, Trainable};
 use vlmtune::peft::{add_adapter, LoraPreset};
 use vlmtune::prelude::TokenBatch;
 use vlmtune::quant::{QuantConfig, RandomInit, Weights};
+use vlmtune::train::sft::batch_loss;
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
 type ABCheckpointed = burn::backend::Autodiff<burn::backend::Flex, BalancedCheckpointing>;
@@ -82,8 +85,25 @@ fn run<AB: AutodiffBackend>(mode: &str) {
             drop(logits.into_data());
             return;
         }
-        let logits = model.forward(&tokens, Some(&pixels)).unwrap();
-        let loss = causal_lm_loss(logits, &labels, None).unwrap();
+        let loss = if optimizer_step {
+            // The trainer's own path: the frozen tower without autodiff, logits only at the
+            // labelled positions.
+            let features = model
+                .encode_images_for_training(&pixels)
+                .unwrap()
+                .map(|f| f.features);
+            batch_loss(&model, &tokens, features, &labels, 16)
+                .unwrap()
+                .unwrap()
+                .loss
+        } else {
+            causal_lm_loss(
+                model.forward(&tokens, Some(&pixels)).unwrap(),
+                &labels,
+                None,
+            )
+            .unwrap()
+        };
         let grads = loss.backward();
         if optimizer_step {
             let mut g = vlmtune::train::optim::collect_grads(&model, &grads);
