@@ -12,8 +12,7 @@ use std::sync::Arc;
 use vlmtune::data::collate::{CollatorConfig, SftCollator};
 use vlmtune::data::processor::ProcessedImage;
 use vlmtune::data::{EncodedPair, PreferenceBatch, PreferenceCollator, Processor};
-use vlmtune::model::{Preset, SmolVlm};
-use vlmtune::peft::{add_adapter, LoraPreset};
+use vlmtune::model::Preset;
 use vlmtune::train::dpo::{DpoObjective, Reference};
 use vlmtune::train::optim::{clip_grad_norm, collect_grads, AdamW};
 use vlmtune::train::{Accumulation, DpoConfig, Objective};
@@ -23,14 +22,7 @@ type AB = burn::backend::Autodiff<burn::backend::Flex>;
 fn run(mode: &str) {
     let device = Default::default();
     let config = Preset::SmolVlm256M.config();
-    let mut model = SmolVlm::<AB>::init(&config, 0, &device).unwrap();
-    add_adapter(
-        &mut model,
-        "default",
-        &LoraPreset::TextAttention.config(8, 16.0),
-        0,
-    )
-    .unwrap();
+    let mut model = common::lora_256m::<AB>(&device);
     let prompt = common::one_tile_prompt(config.image_seq_len(), 16);
     let frame = common::test_frame();
     let batch = PreferenceBatch {

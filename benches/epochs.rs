@@ -12,8 +12,7 @@ mod common;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use vlmtune::data::dataset::synthetic;
-use vlmtune::model::{causal_lm_loss, PixelBatch, Preset, SmolVlm};
-use vlmtune::peft::{add_adapter, LoraPreset};
+use vlmtune::model::{causal_lm_loss, PixelBatch, Preset};
 use vlmtune::prelude::TokenBatch;
 use vlmtune::train::optim::{clip_grad_norm, collect_grads, AdamW};
 
@@ -44,14 +43,7 @@ fn chart_pixels(i: usize) -> PixelBatch {
 fn main() {
     let device = Default::default();
     let config = Preset::SmolVlm256M.config();
-    let mut model = SmolVlm::<AB>::init(&config, 0, &device).unwrap();
-    add_adapter(
-        &mut model,
-        "default",
-        &LoraPreset::TextAttention.config(8, 16.0),
-        0,
-    )
-    .unwrap();
+    let mut model = common::lora_256m::<AB>(&device);
     let ids = common::one_tile_prompt(config.image_seq_len(), 16);
     let n = ids.len();
     let labels: Vec<i64> = (0..n)

@@ -91,6 +91,18 @@ pub fn one_tile_pixels() -> vlmtune::model::PixelBatch {
     }
 }
 
+/// The SmolVLM-256M architecture with random weights (seed 0) and a LoRA r=8 adapter on the
+/// text attention, as the PyTorch references build it (`bench_common.lora_256m_model`).
+pub fn lora_256m<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+) -> vlmtune::model::SmolVlm<B> {
+    let config = vlmtune::model::Preset::SmolVlm256M.config();
+    let mut model = vlmtune::model::SmolVlm::<B>::init(&config, 0, device).expect("preset builds");
+    let lora = vlmtune::peft::LoraPreset::TextAttention.config(8, 16.0);
+    vlmtune::peft::add_adapter(&mut model, "default", &lora, 0).expect("adapter fits");
+    model
+}
+
 /// The `--mode` argument, when this process was started to run one mode.
 pub fn mode_arg() -> Option<String> {
     let args: Vec<String> = std::env::args().collect();

@@ -40,6 +40,23 @@ def smolvlm_256m_config():
     )
 
 
+TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+def lora_256m_model():
+    """SmolVLM-256M (random weights, seed 0, ATTN_IMPLEMENTATION) with PEFT LoRA r=8 on the text
+    attention, in train mode: what vlmtune's `common::lora_256m` builds."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Idefics3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
+    model.config._attn_implementation = ATTN_IMPLEMENTATION
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TEXT_ATTENTION))
+    model.train()
+    return model
+
+
 def one_tile_prompt(image_seq_len: int = 64, text_tokens: int = 16):
     """Ids of `<|im_start|>User:<fake><global-img><image>x64<fake>question<eou>\\nAssistant:`,
     the same layout vlmtune's benchmarks use."""

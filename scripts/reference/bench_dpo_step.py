@@ -7,20 +7,11 @@ target/bench-reference/dpo_step.json.
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
-from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import ATTN_IMPLEMENTATION, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
-
-TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-
+from bench_common import lora_256m_model, one_tile_prompt, peak_rss_mib, time_it, write_result
 
 def main() -> None:
-    torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
-    model.config._attn_implementation = ATTN_IMPLEMENTATION
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TEXT_ATTENTION))
-    model.train()
+    model = lora_256m_model()
     prompt = one_tile_prompt()[0]
     chosen, rejected = torch.arange(200, 208), torch.arange(300, 308)
     ids = torch.stack([torch.cat([prompt, chosen]), torch.cat([prompt, rejected])])

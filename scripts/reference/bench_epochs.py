@@ -7,20 +7,11 @@ runs every epoch. Writes target/bench-reference/epochs.json (seconds per epoch, 
 import time
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import ATTN_IMPLEMENTATION, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, write_result
-
-TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-
+from bench_common import lora_256m_model, one_tile_prompt, peak_rss_mib, write_result
 
 def main() -> None:
-    torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
-    model.config._attn_implementation = ATTN_IMPLEMENTATION
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TEXT_ATTENTION))
-    model.train()
+    model = lora_256m_model()
     ids = one_tile_prompt()
     labels = torch.full_like(ids, -100)
     labels[:, -16:] = ids[:, -16:]

@@ -17,9 +17,8 @@ import tempfile
 import torch
 from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import ATTN_IMPLEMENTATION, RESULTS, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
+from bench_common import ATTN_IMPLEMENTATION, RESULTS, TEXT_ATTENTION, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
 
-TEXT_ATTENTION = r"model\.text_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
 
 SKIP = ["model.vision_model", "model.connector", "lm_head"]

@@ -7,6 +7,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor, Layout};
@@ -240,6 +241,13 @@ where
     }
 }
 
+/// Hands `grad` to `parent`, when the parent is tracked.
+fn give(grads: &mut Gradients, parent: Option<NodeId>, grad: impl FnOnce() -> FlexTensor) {
+    if let Some(id) = parent {
+        grads.register::<Flex>(id, grad());
+    }
+}
+
 #[derive(Debug)]
 struct RmsNormBackward;
 
@@ -247,17 +255,13 @@ impl Backward<Flex, 2> for RmsNormBackward {
     type State = (FlexTensor, FlexTensor, Arc<Vec<f32>>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x_parent, w_parent] = ops.parents;
+        let [x_parent, w_parent] = ops.parents.map(|p| p.map(|p| p.id));
         let dy = Dense::of(&grads.consume::<Flex>(&ops.node));
         let (x, w, recip) = ops.state;
         let (xd, wd) = (Dense::of(&x), Dense::of(&w));
         let (dx, dw) = rows::rms_norm_backward(xd.values(), wd.values(), &recip, dy.values());
-        if let Some(p) = x_parent {
-            grads.register::<Flex>(p.id, dense(dx, x.layout().shape().clone()));
-        }
-        if let Some(p) = w_parent {
-            grads.register::<Flex>(p.id, dense(dw, w.layout().shape().clone()));
-        }
+        give(grads, x_parent, || dense(dx, x.layout().shape().clone()));
+        give(grads, w_parent, || dense(dw, w.layout().shape().clone()));
     }
 }
 
@@ -268,21 +272,15 @@ impl Backward<Flex, 3> for LayerNormBackward {
     type State = (FlexTensor, FlexTensor, Arc<rows::LayerNormStats>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x_parent, w_parent, b_parent] = ops.parents;
+        let [x_parent, w_parent, b_parent] = ops.parents.map(|p| p.map(|p| p.id));
         let dy = Dense::of(&grads.consume::<Flex>(&ops.node));
         let (x, w, stats) = ops.state;
         let (xd, wd) = (Dense::of(&x), Dense::of(&w));
         let (dx, dw, db) = rows::layer_norm_backward(xd.values(), wd.values(), &stats, dy.values());
         let dim = w.layout().shape().clone();
-        if let Some(p) = x_parent {
-            grads.register::<Flex>(p.id, dense(dx, x.layout().shape().clone()));
-        }
-        if let Some(p) = w_parent {
-            grads.register::<Flex>(p.id, dense(dw, dim.clone()));
-        }
-        if let Some(p) = b_parent {
-            grads.register::<Flex>(p.id, dense(db, dim));
-        }
+        give(grads, x_parent, || dense(dx, x.layout().shape().clone()));
+        give(grads, w_parent, || dense(dw, dim.clone()));
+        give(grads, b_parent, || dense(db, dim));
     }
 }
 
@@ -310,7 +308,7 @@ impl Backward<Flex, 2> for SiluMulBackward {
     type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [gate_parent, up_parent] = ops.parents;
+        let [gate_parent, up_parent] = ops.parents.map(|p| p.map(|p| p.id));
         let dy = Dense::of(&grads.consume::<Flex>(&ops.node));
         let (gate, up) = ops.state;
         let shape = gate.layout().shape().clone();
@@ -319,12 +317,8 @@ impl Backward<Flex, 2> for SiluMulBackward {
             Dense::of(&up).values(),
             dy.values(),
         );
-        if let Some(p) = gate_parent {
-            grads.register::<Flex>(p.id, dense(dg, shape.clone()));
-        }
-        if let Some(p) = up_parent {
-            grads.register::<Flex>(p.id, dense(du, shape));
-        }
+        give(grads, gate_parent, || dense(dg, shape.clone()));
+        give(grads, up_parent, || dense(du, shape));
     }
 }
 
@@ -335,12 +329,10 @@ impl Backward<Flex, 1> for RopeBackward {
     type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x_parent] = ops.parents;
+        let [x_parent] = ops.parents.map(|p| p.map(|p| p.id));
         let dy = grads.consume::<Flex>(&ops.node);
         let (cos, sin) = ops.state;
-        if let Some(p) = x_parent {
-            grads.register::<Flex>(p.id, rope_forward(&dy, &cos, &sin, true));
-        }
+        give(grads, x_parent, || rope_forward(&dy, &cos, &sin, true));
     }
 }
 
@@ -363,7 +355,7 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = AttentionState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [q_parent, k_parent, v_parent] = ops.parents;
+        let [q_parent, k_parent, v_parent] = ops.parents.map(|p| p.map(|p| p.id));
         let grad = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
         let g = geometry(&s.q, &s.k);
@@ -386,15 +378,9 @@ impl Backward<Flex, 3> for AttentionBackward {
         );
         let q_shape = [g.batch, g.heads, g.q_len, g.head_dim];
         let kv_shape = [g.batch, g.kv_heads, g.kv_len, g.head_dim];
-        if let Some(p) = q_parent {
-            grads.register::<Flex>(p.id, merged_heads(d.dq, q_shape));
-        }
-        if let Some(p) = k_parent {
-            grads.register::<Flex>(p.id, merged_heads(d.dk, kv_shape));
-        }
-        if let Some(p) = v_parent {
-            grads.register::<Flex>(p.id, merged_heads(d.dv, kv_shape));
-        }
+        give(grads, q_parent, || merged_heads(d.dq, q_shape));
+        give(grads, k_parent, || merged_heads(d.dk, kv_shape));
+        give(grads, v_parent, || merged_heads(d.dv, kv_shape));
     }
 }
 
