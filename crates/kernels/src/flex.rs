@@ -14,6 +14,7 @@ use burn_flex::{Flex, FlexTensor, Layout};
 
 use crate::attention::AttentionMask;
 use crate::cpu::flash::{self, Geometry, HeadsView, Mask};
+use crate::cpu::matmul::Matrix;
 use crate::cpu::rows;
 use crate::fused::Fused;
 
@@ -166,6 +167,39 @@ fn rope_forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, inverse: boo
     merged_heads(out, dims)
 }
 
+/// A 2-D tensor as a strided matrix (a contiguous copy when a stride is negative).
+fn matrix_of(t: &FlexTensor) -> FlexTensor {
+    if t.layout().strides().iter().all(|s| *s >= 0) {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn matrix(t: &FlexTensor) -> Matrix<'_> {
+    let shape = t.layout().shape();
+    let s = t.layout().strides();
+    Matrix {
+        data: t.storage::<f32>(),
+        offset: t.layout().start_offset(),
+        rows: shape[0],
+        cols: shape[1],
+        rs: s[0],
+        cs: s[1],
+    }
+}
+
+/// `a · b` of two 2-D tensors.
+fn product(a: Matrix, b: Matrix) -> FlexTensor {
+    let (m, n) = (a.rows, b.cols);
+    dense(crate::cpu::matmul::matmul(a, b), Shape::from([m, n]))
+}
+
+fn linear_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    let (x, w) = (matrix_of(x), matrix_of(w));
+    product(matrix(&x), matrix(&w).t())
+}
+
 impl Fused for Flex {
     fn rms_norm<const D: usize>(
         x: Tensor<Self, D>,
@@ -191,6 +225,10 @@ impl Fused for Flex {
 
     fn silu_mul<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D> {
         wrap::<Flex, D>(silu_mul_forward(&primitive(gate), &primitive(up)))
+    }
+
+    fn linear(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        wrap::<Flex, 2>(linear_forward(&primitive(x), &primitive(weight)))
     }
 
     fn rotary_embedding(
@@ -323,6 +361,22 @@ impl Backward<Flex, 2> for SiluMulBackward {
 }
 
 #[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_parent, w_parent] = ops.parents.map(|p| p.map(|p| p.id));
+        let dy = matrix_of(&grads.consume::<Flex>(&ops.node));
+        let (x, w) = (matrix_of(&ops.state.0), matrix_of(&ops.state.1));
+        // y = x·wᵀ: dx = dy·w, dw = dyᵀ·x.
+        give(grads, x_parent, || product(matrix(&dy), matrix(&w)));
+        give(grads, w_parent, || product(matrix(&dy).t(), matrix(&x)));
+    }
+}
+
+#[derive(Debug)]
 struct RopeBackward;
 
 impl Backward<Flex, 1> for RopeBackward {
@@ -433,6 +487,15 @@ impl<C: CheckpointStrategy> Fused for Autodiff<Flex, C> {
             (y, (gate.primitive.clone(), up.primitive.clone()))
         });
         wrap::<Self, D>(out)
+    }
+
+    fn linear(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let (x, w) = (ad_primitive(x), ad_primitive(weight));
+        let out = record::<C, _, 2>(LinearBackward, [&x, &w], || {
+            let y = linear_forward(&x.primitive, &w.primitive);
+            (y, (x.primitive.clone(), w.primitive.clone()))
+        });
+        wrap::<Self, 2>(out)
     }
 
     fn rotary_embedding(

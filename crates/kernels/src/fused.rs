@@ -27,6 +27,7 @@ pub(crate) trait Fused: Backend {
     ) -> Tensor<Self, D>;
     fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D>;
     fn silu_mul<const D: usize>(gate: Tensor<Self, D>, up: Tensor<Self, D>) -> Tensor<Self, D>;
+    fn linear(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2>;
     fn rotary_embedding(
         x: Tensor<Self, 4>,
         cos: Tensor<Self, 4>,

@@ -6,6 +6,7 @@
 //! | function | what |
 //! | --- | --- |
 //! | [`attention`] | scaled dot-product attention, grouped-query, causal / key-padding mask |
+//! | [`linear`] | `x·Wᵀ` of every projection (gemm straight into an uninitialised output) |
 //! | [`rms_norm`], [`layer_norm`] | the two norms, over the last dimension |
 //! | [`gelu_tanh`], [`silu_mul`] | the vision and text MLP activations |
 //! | [`rotary_embedding`] | Llama's RoPE on queries and keys |
@@ -32,10 +33,12 @@ mod attention;
 mod cpu;
 mod flex;
 mod fused;
+mod linear;
 mod norm;
 mod rope;
 
 pub use activation::{gelu_tanh, gelu_tanh_reference, silu_mul, silu_mul_reference};
 pub use attention::{attention, attention_reference, AttentionMask, MASK_VALUE};
+pub use linear::{linear, linear_reference};
 pub use norm::{layer_norm, layer_norm_reference, rms_norm, rms_norm_reference};
 pub use rope::{rotary_embedding, rotary_embedding_reference};

@@ -206,6 +206,22 @@ fn rotary_embedding_matches_the_plain_ops() {
 }
 
 #[test]
+fn linear_matches_the_plain_matmul() {
+    // x as a strided view (a transposed leaf), the weight as stored; a product above the
+    // threshold of the threaded path, one below.
+    for (rows, din, dout) in [(300, 200, 250), (7, 40, 24)] {
+        let x = random([din, rows], 13).transpose();
+        let w = random([dout, din], 14);
+        check(
+            "linear",
+            &[x, w],
+            |t| linear(t[0].clone(), t[1].clone()),
+            |t| linear_reference(t[0].clone(), t[1].clone()),
+        );
+    }
+}
+
+#[test]
 fn norms_match_the_plain_ops() {
     let x = random([2, 7, 40], 5);
     let w = random([40], 6);

@@ -369,10 +369,7 @@ impl<B: Backend> SmolVlm<B> {
                 let [b, l, d] = hidden.dims();
                 let table = self.model.text_model.embed_tokens.weight.val();
                 let v = table.dims()[0];
-                hidden
-                    .reshape([b * l, d])
-                    .matmul(table.transpose())
-                    .reshape([b, l, v])
+                vlmtune_kernels::linear(hidden.reshape([b * l, d]), table).reshape([b, l, v])
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+use vlmtune_kernels::linear;
 use vlmtune_quant::{Init, QuantizedWeight, Weights};
 
 use crate::error::{PeftError, Result};
@@ -182,7 +183,7 @@ impl<B: Backend> Linear<B> {
         let base = match &self.quantized {
             // The backward dequantises again rather than keeping the float weight alive.
             Some(q) => vlmtune_quant::quantized_linear(x.clone(), q),
-            None => x.clone().matmul(self.base_weight().transpose()),
+            None => linear(x.clone(), self.base_weight()),
         };
         let unmerged = active.filter(|n| self.merged.as_ref().is_none_or(|m| m.adapter != *n));
         let mut y = match unmerged.and_then(|n| self.adapter(n)) {
@@ -198,7 +199,7 @@ impl<B: Backend> Linear<B> {
                     // dropped-out input (PEFT recomputes x'Wᵀ only when dropout is active).
                     let dropped = lora.dropout_input(x.clone());
                     let base_dropped = if lora.dropout > 0.0 && B::ad_enabled(&dropped.device()) {
-                        dropped.clone().matmul(weight.transpose())
+                        linear(dropped.clone(), weight)
                     } else {
                         base.clone()
                     };
@@ -347,7 +348,7 @@ impl<B: Backend> Linear<B> {
 
 /// `x·Wᵀ + b` on `[rows, in]`.
 fn affine<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
-    let y = x.matmul(w.transpose());
+    let y = linear(x, w);
     match b {
         Some(b) => y + b.unsqueeze(),
         None => y,

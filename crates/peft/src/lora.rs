@@ -108,9 +108,8 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// `scaling · (x·Aᵀ)·Bᵀ` on `[rows, in]`.
     pub fn lora_output(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.lora_a.val().transpose())
-            .matmul(self.lora_b.val().transpose())
-            .mul_scalar(self.scaling)
+        let low_rank = vlmtune_kernels::linear(x, self.lora_a.val());
+        vlmtune_kernels::linear(low_rank, self.lora_b.val()).mul_scalar(self.scaling)
     }
 
     /// DoRA's `magnitude / ‖W + scaling·B·A‖` per output row, the norm detached (DoRA §4.3).

@@ -63,7 +63,7 @@ pub fn quantized_linear<B: Backend>(x: Tensor<B, 2>, q: &QuantizedWeight<B>) -> 
 /// The plain path: dequantise, then matmul.
 fn dequantized_matmul<B: Backend>(x: Tensor<B, 2>, q: &QuantizedWeight<B>) -> Tensor<B, 2> {
     let weight = q.dequantize().cast(x.dtype());
-    x.matmul(weight.transpose())
+    vlmtune_kernels::linear(x, weight)
 }
 
 /// Runs the custom op when `B` is `Autodiff<I, C>`; hands `x` back otherwise.

@@ -2,5 +2,6 @@
 
 pub mod exp;
 pub mod flash;
+pub mod matmul;
 pub mod rope;
 pub mod rows;
