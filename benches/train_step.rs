@@ -4,8 +4,11 @@
 //!   fine-tune;
 //! * `sft` / `sft-gc`: one whole SFT optimizer step (forward, backward, AdamW) with that
 //!   LoRA, as `SftTrainer` computes it (the frozen vision tower without autodiff, logits only
-//!   at the labelled positions), without and with gradient checkpointing (burn's
-//!   `BalancedCheckpointing`);
+//!   at the labelled positions), without and with layer-wise gradient checkpointing;
+//! * `sft17` / `sft17-gc` and `full17` / `full17-gc`: that SFT step on a 17-tile image (the
+//!   processor's default 2048-px longest edge: 16 tiles + the global one, 1230 tokens) with
+//!   the LoRA, and as a full fine-tune of the text model (vision and connector frozen),
+//!   without and with gradient checkpointing;
 //! * `sft-bf16` / `sft-int8` / `sft-nf4`: that SFT step with the frozen weights stored in
 //!   bf16 (every projection), int8 or NF4 + double quantisation (text projections; QLoRA);
 //! * `fwd-f32` / `fwd-bf16` / `fwd-int8` / `fwd-nf4`: a forward pass without autodiff, for
@@ -16,22 +19,36 @@
 
 mod common;
 
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use vlmtune::model::{causal_lm_loss, Preset, SmolVlm, Trainable};
+use vlmtune::model::{causal_lm_loss, LayerTape, Preset, SmolVlm, Trainable};
 use vlmtune::peft::{add_adapter, LoraPreset};
 use vlmtune::prelude::TokenBatch;
 use vlmtune::quant::{QuantConfig, RandomInit, Weights};
 use vlmtune::train::sft::batch_loss;
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
-type ABCheckpointed = burn::backend::Autodiff<burn::backend::Flex, BalancedCheckpointing>;
 
-const MODES: [&str; 11] = [
-    "lora", "full", "sft", "sft-gc", "sft-bf16", "sft-int8", "sft-nf4", "fwd-f32", "fwd-bf16",
-    "fwd-int8", "fwd-nf4",
+const MODES: [&str; 15] = [
+    "lora",
+    "full",
+    "sft",
+    "sft-gc",
+    "sft17",
+    "sft17-gc",
+    "full17",
+    "full17-gc",
+    "sft-bf16",
+    "sft-int8",
+    "sft-nf4",
+    "fwd-f32",
+    "fwd-bf16",
+    "fwd-int8",
+    "fwd-nf4",
 ];
+
+/// Tiles of the many-tile modes.
+const TILES: usize = 17;
 
 /// The frozen-weight storage a mode asks for.
 fn quant_of(mode: &str) -> Option<QuantConfig> {
@@ -44,10 +61,7 @@ fn quant_of(mode: &str) -> Option<QuantConfig> {
 }
 
 fn run_mode(mode: &str) {
-    match mode {
-        "sft-gc" => run::<ABCheckpointed>(mode),
-        _ => run::<AB>(mode),
-    }
+    run::<AB>(mode)
 }
 
 fn run<AB: AutodiffBackend>(mode: &str) {
@@ -58,26 +72,38 @@ fn run<AB: AutodiffBackend>(mode: &str) {
     let weights = Weights::new(&source, &device).with_quant(quant.as_ref());
     let mut model = SmolVlm::<AB>::load(&weights, &config).expect("preset builds");
     let forward_only = forward_only_mode(mode);
+    let checkpointing = mode.ends_with("-gc");
+    let tiles = if mode.contains("17") { TILES } else { 1 };
     match mode {
         _ if forward_only => {}
-        "lora" | "sft" | "sft-gc" | "sft-bf16" | "sft-int8" | "sft-nf4" => {
+        "lora" | "sft" | "sft-gc" | "sft17" | "sft17-gc" | "sft-bf16" | "sft-int8" | "sft-nf4" => {
             let lora = LoraPreset::TextAttention.config(8, 16.0);
             add_adapter(&mut model, "default", &lora, 0).unwrap();
         }
         "full" => model = model.with_trainable(Trainable::all()),
+        "full17" | "full17-gc" => {
+            model = model.with_trainable(Trainable {
+                text: true,
+                ..Trainable::default()
+            })
+        }
         other => panic!("unknown mode {other}"),
     }
-    let optimizer_step = mode.starts_with("sft");
+    let optimizer_step = mode.starts_with("sft") || mode.starts_with("full17");
     let mut optimizer =
         vlmtune::train::optim::AdamW::<AB::InnerBackend>::new(0.9, 0.999, 1e-8, 0.0);
-    let ids = common::one_tile_prompt(config.image_seq_len(), 16);
+    let ids = if tiles == 1 {
+        common::one_tile_prompt(config.image_seq_len(), 16)
+    } else {
+        common::tiled_prompt(tiles, config.image_seq_len(), 100)
+    };
     let mut labels: Vec<i64> = vec![-100; ids.len()];
     let n = ids.len();
     for (i, l) in labels.iter_mut().enumerate().skip(n - 16) {
         *l = ids[i] as i64;
     }
     let tokens = TokenBatch::from_rows(&[ids]).unwrap();
-    let pixels = common::one_tile_pixels();
+    let pixels = common::tiled_pixels(tiles);
     let inference = model.valid();
     let mut step = || {
         if forward_only {
@@ -85,9 +111,11 @@ fn run<AB: AutodiffBackend>(mode: &str) {
             drop(logits.into_data());
             return;
         }
+        let tape = checkpointing.then(|| LayerTape::<AB>::new(1));
         let loss = if optimizer_step {
             // The trainer's own path: the frozen tower without autodiff, logits only at the
             // labelled positions.
+            let _recording = tape.as_ref().map(|t| t.activate());
             let features = model
                 .encode_images_for_training(&pixels)
                 .unwrap()
@@ -104,24 +132,29 @@ fn run<AB: AutodiffBackend>(mode: &str) {
             )
             .unwrap()
         };
-        let grads = loss.backward();
+        let mut g = vlmtune::train::optim::loss_grads(&model, loss, tape.as_deref());
         if optimizer_step {
-            let mut g = vlmtune::train::optim::collect_grads(&model, &grads);
             vlmtune::train::optim::clip_grad_norm(&mut g, 1.0).unwrap();
             model = optimizer.update::<AB, _>(model.clone(), g, 1e-4);
+        } else {
+            drop(g);
         }
-        drop(grads);
         AB::sync(&device).ok();
     };
     let secs = common::median_secs(3, &mut step);
     common::print_mode_result(mode, secs);
 }
 
-/// The name of a mode's side-by-side line (`sft_step`, `sft_step_nf4`, `train_step_lora`, ...).
+/// The name of a mode's side-by-side line (`sft_step`, `sft_step_nf4`, `sft_step_17tiles_gc`,
+/// `full_step_17tiles`, `train_step_lora`, ...).
 fn line_name(mode: &str) -> String {
-    match mode.strip_prefix("sft") {
-        Some(rest) => format!("sft_step{}", rest.replace('-', "_")),
-        None => format!("train_step_{}", mode.replace('-', "_")),
+    let mode = mode.replace("17", "_17tiles");
+    if let Some(rest) = mode.strip_prefix("sft") {
+        format!("sft_step{}", rest.replace('-', "_"))
+    } else if let Some(rest) = mode.strip_prefix("full_") {
+        format!("full_step_{}", rest.replace('-', "_"))
+    } else {
+        format!("train_step_{}", mode.replace('-', "_"))
     }
 }
 
@@ -143,7 +176,7 @@ fn main() {
     };
     for mode in modes {
         let (s, mib) = common::run_mode_in_subprocess(mode);
-        let what = if mode.starts_with("sft") {
+        let what = if mode.starts_with("sft") || mode.starts_with("full17") {
             "SFT step"
         } else if forward_only_mode(mode) {
             "forward"

@@ -6,7 +6,10 @@
 #   NAME: vlmtune X s, PyTorch Y s, time ratio vlmtune/PyTorch R, memory ratio M
 #
 # for forward, sft_step (LoRA r8 text attention, AdamW), sft_step_nf4 (the same on NF4 + double
-# quantisation) and dpo_step (shared prefix, per pair, against TRL's layout in PyTorch).
+# quantisation), dpo_step (shared prefix, per pair, against TRL's layout in PyTorch), and the
+# gradient-checkpointing pairs on a 17-tile image: sft_step_17tiles[_gc] (LoRA) and
+# full_step_17tiles[_gc] (full fine-tune of the text model), PyTorch with
+# gradient_checkpointing=True for the _gc lines.
 # Memory is peak RSS of each run's own process.
 #
 # Usage: scripts/bench_vs_pytorch.sh [--threads N]
@@ -38,8 +41,8 @@ step() {
 
 step "$PYTHON" scripts/reference/bench_forward.py
 step cargo bench --bench forward -- --summary
-step "$PYTHON" scripts/reference/bench_train_step.py sft sft-nf4
-step cargo bench --bench train_step -- sft sft-nf4
+step "$PYTHON" scripts/reference/bench_train_step.py sft sft-nf4 sft17 sft17-gc full17 full17-gc
+step cargo bench --bench train_step -- sft sft-nf4 sft17 sft17-gc full17 full17-gc
 step "$PYTHON" scripts/reference/bench_dpo_step.py
 step cargo bench --bench dpo_step -- shared
 step "$PYTHON" scripts/reference/bench_epochs.py

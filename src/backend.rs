@@ -1,8 +1,8 @@
 //! Choosing the compute backend at run time: `Autodiff<Flex>` on the CPU (always built) or
-//! `Autodiff<Cuda>` with the `cuda` cargo feature; bf16 compute and gradient checkpointing
-//! (burn's `BalancedCheckpointing` strategy) are backend types too.
+//! `Autodiff<Cuda>` with the `cuda` cargo feature; bf16 compute is a backend type too.
+//! (Gradient checkpointing is not: it is the trainer's layer-wise recomputation,
+//! `vlmtune_model::recompute`, on any backend.)
 
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::backend::AutodiffBackend;
 
 /// Where to run.
@@ -28,9 +28,6 @@ pub enum DeviceKind {
 
 /// The CPU training backend.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
-/// The CPU training backend with activation recomputation.
-pub type CpuCheckpointedBackend =
-    burn::backend::Autodiff<burn::backend::Flex, BalancedCheckpointing>;
 
 /// The CUDA training backend.
 #[cfg(feature = "cuda")]
@@ -38,9 +35,6 @@ pub type CudaBackend = burn::backend::Autodiff<burn_cuda::Cuda>;
 /// The CUDA training backend computing in bf16.
 #[cfg(feature = "cuda")]
 pub type CudaBf16Backend = burn::backend::Autodiff<burn_cuda::Cuda<half::bf16>>;
-/// The CUDA training backend with activation recomputation.
-#[cfg(feature = "cuda")]
-pub type CudaCheckpointedBackend = burn::backend::Autodiff<burn_cuda::Cuda, BalancedCheckpointing>;
 
 /// Sizes the CPU thread pool the kernels share: `threads`, else `RAYON_NUM_THREADS`, else
 /// one thread per core. Call once, before any tensor work.
@@ -66,14 +60,13 @@ pub trait BackendJob {
 
 /// Runs `job` on the backend `kind` names.
 pub fn dispatch<J: BackendJob>(kind: DeviceKind, job: J) -> anyhow::Result<J::Output> {
-    dispatch_training(kind, false, false, job)
+    dispatch_training(kind, false, job)
 }
 
-/// Runs `job` on the backend for `kind`, with gradient checkpointing and bf16 as asked
-/// (bf16 needs CUDA; on the CPU it falls back to f32 with a warning).
+/// Runs `job` on the backend for `kind`, computing in bf16 when asked (bf16 needs CUDA; on
+/// the CPU it falls back to f32 with a warning).
 pub fn dispatch_training<J: BackendJob>(
     kind: DeviceKind,
-    checkpointing: bool,
     bf16: bool,
     job: J,
 ) -> anyhow::Result<J::Output> {
@@ -82,17 +75,13 @@ pub fn dispatch_training<J: BackendJob>(
             if bf16 {
                 tracing::warn!("bf16 needs the CUDA backend; computing in f32 on the CPU");
             }
-            Ok(if checkpointing {
-                job.run::<CpuCheckpointedBackend>(Default::default())
-            } else {
-                job.run::<CpuBackend>(Default::default())
-            })
+            Ok(job.run::<CpuBackend>(Default::default()))
         }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(match (checkpointing, bf16) {
-            (_, true) => job.run::<CudaBf16Backend>(Default::default()),
-            (true, false) => job.run::<CudaCheckpointedBackend>(Default::default()),
-            (false, false) => job.run::<CudaBackend>(Default::default()),
+        DeviceKind::Cuda => Ok(if bf16 {
+            job.run::<CudaBf16Backend>(Default::default())
+        } else {
+            job.run::<CudaBackend>(Default::default())
         }),
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => anyhow::bail!(

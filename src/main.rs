@@ -61,8 +61,8 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Dpo(args) => {
             let config = args.job_config()?;
-            let (gc, bf16) = (config.training.gradient_checkpointing, config.training.bf16);
-            let report = dispatch_training(cli.device, gc, bf16, cli::dpo::DpoJob(config))??;
+            let bf16 = config.training.bf16;
+            let report = dispatch_training(cli.device, bf16, cli::dpo::DpoJob(config))??;
             println!("{}", cli::dpo::summary(&report));
         }
         Command::Eval(args) => print!("{}", dispatch(cli.device, args)??),
@@ -71,8 +71,8 @@ fn run() -> anyhow::Result<()> {
         Command::Merge(args) => eprintln!("{}", dispatch(cli.device, args)??),
         Command::Sft(args) => {
             let config = args.job_config()?;
-            let (gc, bf16) = (config.training.gradient_checkpointing, config.training.bf16);
-            let report = dispatch_training(cli.device, gc, bf16, cli::sft::SftJob(config))??;
+            let bf16 = config.training.bf16;
+            let report = dispatch_training(cli.device, bf16, cli::sft::SftJob(config))??;
             println!("{}", cli::sft::summary(&report));
         }
     }

@@ -67,12 +67,7 @@ pub fn report(name: &str, label: &str, ours_s: f64, ours_peak_mib: f64) {
 
 /// The same ids as `bench_common.one_tile_prompt` in the reference scripts.
 pub fn one_tile_prompt(image_seq_len: usize, text_tokens: u32) -> Vec<u32> {
-    let mut ids = vec![1, 11126, 42, 49189, 49152];
-    ids.extend(std::iter::repeat_n(49190, image_seq_len));
-    ids.push(49189);
-    ids.extend((0..text_tokens).map(|i| 100 + i));
-    ids.extend([49279, 198, 9519, 42]);
-    ids
+    tiled_prompt(1, image_seq_len, text_tokens)
 }
 
 /// A deterministic 512x512 RGB frame (CHW, in [-1, 1]).
@@ -82,13 +77,34 @@ pub fn test_frame() -> Vec<f32> {
         .collect()
 }
 
-/// [`test_frame`] as a batch of one image of one tile.
-pub fn one_tile_pixels() -> vlmtune::model::PixelBatch {
+/// Ids of a prompt with `tiles` image blocks (`<fake><marker><image>xN` each, as the
+/// processor lays out a split image) and `text_tokens` question tokens; the same layout as
+/// `bench_common.tiled_prompt`.
+pub fn tiled_prompt(tiles: usize, image_seq_len: usize, text_tokens: u32) -> Vec<u32> {
+    let mut ids = vec![1, 11126, 42];
+    for _ in 0..tiles {
+        ids.extend([49189, 49152]);
+        ids.extend(std::iter::repeat_n(49190, image_seq_len));
+    }
+    ids.push(49189);
+    ids.extend((0..text_tokens).map(|i| 100 + i));
+    ids.extend([49279, 198, 9519, 42]);
+    ids
+}
+
+/// `tiles` copies of the test frame as one sample.
+pub fn tiled_pixels(tiles: usize) -> vlmtune::model::PixelBatch {
+    let frame = test_frame();
     vlmtune::model::PixelBatch {
-        pixel_values: test_frame(),
-        shape: [1, 1, 3, 512, 512],
+        pixel_values: (0..tiles).flat_map(|_| frame.iter().copied()).collect(),
+        shape: [1, tiles, 3, 512, 512],
         pixel_attention_mask: None,
     }
+}
+
+/// [`test_frame`] as a batch of one image of one tile.
+pub fn one_tile_pixels() -> vlmtune::model::PixelBatch {
+    tiled_pixels(1)
 }
 
 /// The SmolVLM-256M architecture with random weights (seed 0) and a LoRA r=8 adapter on the

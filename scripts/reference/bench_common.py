@@ -65,6 +65,16 @@ def one_tile_prompt(image_seq_len: int = 64, text_tokens: int = 16):
     return torch.tensor([ids])
 
 
+def tiled_prompt(tiles: int, image_seq_len: int = 64, text_tokens: int = 100):
+    """Ids of a prompt with `tiles` image blocks (`<fake><marker><image>xN` each, as the processor
+    lays out a split image): vlmtune's `common::tiled_prompt`."""
+    ids = [1, 11126, 42]
+    for _ in range(tiles):
+        ids += [49189, 49152] + [49190] * image_seq_len
+    ids += [49189] + [100 + i for i in range(text_tokens)] + [49279, 198, 9519, 42]
+    return torch.tensor([ids])
+
+
 def peak_rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

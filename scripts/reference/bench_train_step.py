@@ -1,6 +1,8 @@
 """PyTorch side of `cargo bench --bench train_step`: forward + backward of the SmolVLM-256M
 architecture (random weights, f32, sdpa attention (VLMTUNE_BENCH_ATTN), one 512x512 tile, batch 1, 16 labelled
-tokens) with PEFT LoRA r=8 on the text attention, and as a full fine-tune; the SFT step with
+tokens) with PEFT LoRA r=8 on the text attention, and as a full fine-tune; the SFT step on a
+17-tile image (`sft17`: LoRA, `full17`: full fine-tune of the text model), each also with
+`gradient_checkpointing=True` (`-gc`, non-reentrant as TRL sets it); the SFT step with
 the frozen weights quantised by bitsandbytes (`sft-nf4`: NF4 + double quantisation, `sft-int8`;
 text projections, vision/connector/lm_head skipped) and forward passes without autograd
 (`fwd-f32`, `fwd-nf4`, `fwd-int8`). Quantised modes load the same random weights from a
@@ -17,7 +19,7 @@ import tempfile
 import torch
 from transformers import Idefics3ForConditionalGeneration
 
-from bench_common import ATTN_IMPLEMENTATION, RESULTS, TEXT_ATTENTION, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, time_it, write_result
+from bench_common import ATTN_IMPLEMENTATION, RESULTS, TEXT_ATTENTION, one_tile_prompt, peak_rss_mib, smolvlm_256m_config, tiled_prompt, time_it, write_result
 
 
 
@@ -68,24 +70,28 @@ def run(mode: str) -> dict:
     if mode.startswith("fwd"):
         return run_forward(mode)
     model = build(mode)
+    tiles = 17 if "17" in mode else 1
     if mode.startswith("lora") or mode.startswith("sft"):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TEXT_ATTENTION))
+    if mode.startswith("full17"):
+        for p in list(model.model.vision_model.parameters()) + list(model.model.connector.parameters()):
+            p.requires_grad_(False)
     if mode.endswith("-gc"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    ids = one_tile_prompt()
+    ids = one_tile_prompt() if tiles == 1 else tiled_prompt(tiles)
     labels = torch.full_like(ids, -100)
     labels[:, -16:] = ids[:, -16:]
-    pixels = torch.rand(1, 1, 3, 512, 512) * 2 - 1
+    pixels = torch.rand(1, tiles, 3, 512, 512) * 2 - 1
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
 
     def step():
         out = model(input_ids=ids, pixel_values=pixels, labels=labels)
         out.loss.backward()
-        if mode.startswith("sft"):
+        if mode.startswith("sft") or mode.startswith("full17"):
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
         model.zero_grad(set_to_none=True)
@@ -99,7 +105,8 @@ def main() -> None:
         print(json.dumps(run(sys.argv[2])))
         return
     result = {}
-    modes = sys.argv[1:] or ["lora", "full", "sft", "sft-gc", "sft-nf4", "sft-int8", "fwd-f32", "fwd-nf4", "fwd-int8"]
+    modes = sys.argv[1:] or ["lora", "full", "sft", "sft-gc", "sft17", "sft17-gc", "full17", "full17-gc",
+                             "sft-nf4", "sft-int8", "fwd-f32", "fwd-nf4", "fwd-int8"]
     previous = RESULTS / "train_step.json"
     if os.path.exists(previous):
         with open(previous) as f:

@@ -51,6 +51,9 @@ pub struct DpoArgs {
     /// Quantised frozen weights.
     #[command(flatten)]
     pub quant: crate::cli::quant::QuantArgs,
+    /// Gradient checkpointing and batch-size planning.
+    #[command(flatten)]
+    pub memory: crate::cli::batch::MemoryArgs,
 }
 
 impl DpoArgs {
@@ -95,6 +98,7 @@ impl DpoArgs {
         c.dpo.precompute_ref_log_probs |= self.precompute_ref_log_probs;
         c.dpo.shared_prefix &= !self.no_shared_prefix;
         c.training.progress_bar &= !self.no_progress;
+        self.memory.apply(&mut c.training);
         Ok(c)
     }
 }

@@ -1,5 +1,6 @@
 //! `vlmtune inspect`: architecture summary, parameter counts and weight memory of a checkpoint
-//! or preset, optionally with quantised frozen weights.
+//! or preset, optionally with quantised frozen weights; with `--batch-size`, the estimated
+//! peak memory of a training step (`vlmtune_train::memory_plan`).
 
 use burn::tensor::backend::AutodiffBackend;
 use vlmtune::backend::BackendJob;
@@ -18,6 +19,30 @@ pub struct InspectArgs {
     /// Quantised frozen weights.
     #[command(flatten)]
     pub quant: crate::cli::quant::QuantArgs,
+    /// Estimate the peak memory of a training step with this many rows per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Image tiles per row (the default 2048-px longest edge splits into 16 + 1).
+    #[arg(long, default_value_t = 1)]
+    pub tiles: usize,
+    /// Tokens per row (default: the tiles' image tokens plus 128 text tokens).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Labelled (completion) tokens per row.
+    #[arg(long, default_value_t = 32)]
+    pub labelled: usize,
+    /// Train a LoRA adapter with this preset (default: a full fine-tune of every weight).
+    #[arg(long, value_enum)]
+    pub lora: Option<crate::cli::sft::Preset>,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    /// With layer-wise gradient checkpointing.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Layers per checkpointed segment.
+    #[arg(long, default_value_t = 1)]
+    pub checkpoint_every: usize,
 }
 
 impl BackendJob for InspectArgs {
@@ -40,6 +65,54 @@ impl BackendJob for InspectArgs {
             (None, None) => anyhow::bail!("give --model <dir or hub id> or --preset <name>"),
         };
         let memory = vlmtune::peft::memory_report::<B::InnerBackend, _>(&model);
-        Ok(format!("{}\nweight memory: {memory}", describe(&model)))
+        let mut out = format!("{}\nweight memory: {memory}\n", describe(&model));
+        if let Some(batch_size) = self.batch_size {
+            out.push_str(&self.plan(model)?.to_string());
+            out.push_str(&format!(
+                " (batch {batch_size}, {} tiles/row)\n",
+                self.tiles
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl InspectArgs {
+    fn plan<B: burn::tensor::backend::Backend>(
+        &self,
+        mut model: SmolVlm<B>,
+    ) -> anyhow::Result<vlmtune::train::memory_plan::MemoryPlan> {
+        use vlmtune::train::memory_plan::{estimate, StepSetup, StepShape};
+        match self.lora {
+            Some(preset) => {
+                let config = preset
+                    .lora_preset()
+                    .config(self.lora_r, 2.0 * self.lora_r as f64);
+                vlmtune::peft::add_adapter(&mut model, "default", &config, 0)?;
+            }
+            None => model = model.with_trainable(vlmtune::model::Trainable::all()),
+        }
+        let config = model.config().clone();
+        let vision_trains = vlmtune::peft::named_params::<B, _>(&model)
+            .iter()
+            .any(|p| p.trainable && p.path.starts_with("model.vision_model."));
+        let seq_len = self
+            .seq_len
+            .unwrap_or(self.tiles * (config.image_seq_len() + 2) + 128);
+        Ok(estimate(
+            &config,
+            &vlmtune::peft::memory_report::<B, _>(&model),
+            StepShape {
+                batch_size: self.batch_size.unwrap_or(1),
+                seq_len,
+                tiles: self.tiles,
+                labelled: self.labelled,
+            },
+            StepSetup {
+                vision_trains,
+                gradient_checkpointing: self.gradient_checkpointing,
+                checkpoint_every: self.checkpoint_every,
+            },
+        ))
     }
 }

@@ -1,5 +1,6 @@
 //! The `vlmtune` subcommands, one file each.
 
+pub mod batch;
 pub mod dpo;
 pub mod eval;
 pub mod generate;

@@ -61,9 +61,9 @@ pub struct SftArgs {
     /// Evaluate every N steps.
     #[arg(long)]
     pub eval_steps: Option<usize>,
-    /// Recompute activations in backward.
-    #[arg(long)]
-    pub gradient_checkpointing: bool,
+    /// Gradient checkpointing and batch-size planning.
+    #[command(flatten)]
+    pub memory: crate::cli::batch::MemoryArgs,
     /// bf16 compute (CUDA).
     #[arg(long)]
     pub bf16: bool,
@@ -106,6 +106,18 @@ pub enum Preset {
     AllLinear,
 }
 
+impl Preset {
+    /// The library's preset of the same name.
+    pub fn lora_preset(self) -> LoraPreset {
+        match self {
+            Preset::TextAttention => LoraPreset::TextAttention,
+            Preset::TextAllLinear => LoraPreset::TextAllLinear,
+            Preset::VisionAndText => LoraPreset::VisionAndText,
+            Preset::AllLinear => LoraPreset::AllLinear,
+        }
+    }
+}
+
 impl SftArgs {
     /// The job config: file (or built-in defaults) with flags applied.
     pub fn job_config(&self) -> anyhow::Result<SftJobConfig> {
@@ -127,12 +139,7 @@ impl SftArgs {
             };
         }
         if let Some(p) = self.lora {
-            let preset = match p {
-                Preset::TextAttention => LoraPreset::TextAttention,
-                Preset::TextAllLinear => LoraPreset::TextAllLinear,
-                Preset::VisionAndText => LoraPreset::VisionAndText,
-                Preset::AllLinear => LoraPreset::AllLinear,
-            };
+            let preset = p.lora_preset();
             let mut section = c.lora.take().unwrap_or(LoraSection {
                 preset: None,
                 config: preset.config(8, 16.0),
@@ -169,7 +176,7 @@ impl SftArgs {
         if self.resume_from_checkpoint.is_some() {
             t.resume_from_checkpoint = self.resume_from_checkpoint.clone();
         }
-        t.gradient_checkpointing |= self.gradient_checkpointing;
+        self.memory.apply(t);
         t.bf16 |= self.bf16;
         t.progress_bar &= !self.no_progress;
         if let Some(n) = self.num_train {

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use vlmtune_peft::Linear;
+use vlmtune_peft::{dropout, Linear};
 use vlmtune_quant::Weights;
 
 use crate::attention::{attention, AttentionMask};
@@ -86,6 +86,17 @@ impl<B: Backend> Rope<B> {
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// The same tables on the autodiff backend's inner backend.
+    pub fn inner(&self) -> Rope<B::InnerBackend>
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+    {
+        Rope {
+            cos: self.cos.clone().inner(),
+            sin: self.sin.clone().inner(),
         }
     }
 
@@ -219,6 +230,44 @@ impl<B: Backend> DecoderLayer<B> {
             },
         })
     }
+
+    /// `[batch, seq, Dt]` through the block, attending to `past` plus itself; returns the
+    /// output and the extended `(keys, values)`.
+    pub fn forward(
+        &self,
+        h: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: &AttentionMask,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
+        let (attn, kv) =
+            self.self_attn
+                .forward(self.input_layernorm.forward(h.clone()), rope, mask, past);
+        let h = h + attn;
+        let out = h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h));
+        (out, kv)
+    }
+}
+
+/// Runs consecutive decoder `layers`, layer `j` with LoRA dropout seeded by `seeds[j]` and
+/// attending to `past[j]`; returns the output and each layer's extended `(keys, values)`.
+/// Shared by the plain forward and both runs of a checkpointed segment.
+pub fn run_decoder_layers<B: Backend>(
+    layers: &[DecoderLayer<B>],
+    seeds: &[u64],
+    mut h: Tensor<B, 3>,
+    rope: &Rope<B>,
+    mask: &AttentionMask,
+    past: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+) -> (Tensor<B, 3>, Vec<(Tensor<B, 4>, Tensor<B, 4>)>) {
+    let mut cache = Vec::with_capacity(layers.len());
+    for ((layer, seed), past) in layers.iter().zip(seeds).zip(past) {
+        let _scope = vlmtune_peft::dropout::scope(*seed);
+        let (out, kv) = layer.forward(h, rope, mask, past);
+        h = out;
+        cache.push(kv);
+    }
+    (h, cache)
 }
 
 /// What one text forward needs besides the embeddings.
@@ -288,19 +337,31 @@ impl<B: Backend> TextModel<B> {
             &device,
         );
         let mask = AttentionMask::causal(ctx.attention_mask);
+        let forward = dropout::next_forward();
+        // Under gradient checkpointing a segment runner keeps only each segment's input.
+        let runner = crate::recompute::active_runner::<B>();
+        let every = runner
+            .as_ref()
+            .map_or(self.layers.len(), |r| r.segment_len());
         let mut h = embeds;
         let mut cache = Vec::with_capacity(self.layers.len());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let past_kv = ctx.cache.and_then(|c| c.layers.get(i).cloned());
-            let (attn, kv) = layer.self_attn.forward(
-                layer.input_layernorm.forward(h.clone()),
-                &rope,
-                &mask,
-                past_kv,
-            );
-            h = h + attn;
-            h = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
-            cache.push(kv);
+        let mut start = 0;
+        while start < self.layers.len() {
+            let end = (start + every.max(1)).min(self.layers.len());
+            let seeds: Vec<u64> = (start..end)
+                .map(|i| dropout::layer_seed(forward, dropout::Stack::Text, i))
+                .collect();
+            let past = (start..end)
+                .map(|i| ctx.cache.and_then(|c| c.layers.get(i).cloned()))
+                .collect();
+            let layers = &self.layers[start..end];
+            let (out, kv) = match &runner {
+                Some(r) => r.decoder_segment(layers, &seeds, h, &rope, &mask, past),
+                None => run_decoder_layers(layers, &seeds, h, &rope, &mask, past),
+            };
+            h = out;
+            cache.extend(kv);
+            start = end;
         }
         (self.norm.forward(h), KvCache { layers: cache })
     }

@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use vlmtune_peft::Linear;
+use vlmtune_peft::{dropout, Linear};
 use vlmtune_quant::{Init, Weights};
 
 use crate::attention::{attention, AttentionMask};
@@ -206,6 +206,21 @@ impl<B: Backend> EncoderLayer<B> {
     }
 }
 
+/// Runs consecutive encoder `layers`, layer `j` with LoRA dropout seeded by `seeds[j]`.
+/// Shared by the plain forward and both runs of a checkpointed segment.
+pub fn run_encoder_layers<B: Backend>(
+    layers: &[EncoderLayer<B>],
+    seeds: &[u64],
+    mut h: Tensor<B, 3>,
+    mask: &AttentionMask,
+) -> Tensor<B, 3> {
+    for (layer, seed) in layers.iter().zip(seeds) {
+        let _scope = dropout::scope(*seed);
+        h = layer.forward(h, mask);
+    }
+    h
+}
+
 /// The stack of encoder layers.
 #[derive(Module, Debug)]
 pub struct Encoder<B: Backend> {
@@ -270,9 +285,22 @@ impl<B: Backend> VisionTransformer<B> {
             Some(m) if !full => AttentionMask::key_padding(m),
             _ => AttentionMask::none(),
         };
+        let forward = dropout::next_forward();
+        let runner = crate::recompute::active_runner::<B>();
+        let layers = &self.encoder.layers;
+        let every = runner.as_ref().map_or(layers.len(), |r| r.segment_len());
         let mut h = self.embeddings.forward(pixels, position_ids);
-        for layer in &self.encoder.layers {
-            h = layer.forward(h, &mask);
+        let mut start = 0;
+        while start < layers.len() {
+            let end = (start + every.max(1)).min(layers.len());
+            let seeds: Vec<u64> = (start..end)
+                .map(|i| dropout::layer_seed(forward, dropout::Stack::Vision, i))
+                .collect();
+            h = match &runner {
+                Some(r) => r.encoder_segment(&layers[start..end], &seeds, h, &mask),
+                None => run_encoder_layers(&layers[start..end], &seeds, h, &mask),
+            };
+            start = end;
         }
         self.post_layernorm.forward(h)
     }

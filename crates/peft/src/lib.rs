@@ -14,6 +14,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod dropout;
 pub mod error;
 pub mod io;
 pub mod linear;

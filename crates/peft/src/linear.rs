@@ -198,7 +198,7 @@ impl<B: Backend> Linear<B> {
                     // DoRA: (m/‖W+ΔW‖ - 1)·(x'Wᵀ) + m/‖W+ΔW‖·scaling·(x'AᵀBᵀ), with x' the
                     // dropped-out input (PEFT recomputes x'Wᵀ only when dropout is active).
                     let dropped = lora.dropout_input(x.clone());
-                    let base_dropped = if lora.dropout > 0.0 && B::ad_enabled(&dropped.device()) {
+                    let base_dropped = if lora.dropout_applies(&dropped.device()) {
                         linear(dropped.clone(), weight)
                     } else {
                         base.clone()

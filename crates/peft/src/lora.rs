@@ -2,7 +2,7 @@
 //! `modules_to_save`.
 
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::config::{InitLoraWeights, LoraConfig};
 use vlmtune_quant::{sample_init, stable_hash, Init};
@@ -96,14 +96,20 @@ impl<B: Backend> LoraAdapter<B> {
             .mul_scalar(self.scaling)
     }
 
-    /// Applies input dropout when training (autodiff backends only, as burn's `Dropout`).
+    /// Applies inverted input dropout when training (autodiff backends, as burn's `Dropout`,
+    /// or a checkpointed layer's tape-less forward), with a mask that [`crate::dropout`]
+    /// makes reproducible.
     pub fn dropout_input<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.dropout <= 0.0 || !B::ad_enabled(&x.device()) {
+        if !self.dropout_applies(&x.device()) {
             return x;
         }
-        let keep = 1.0 - self.dropout;
-        let mask = x.random_like(Distribution::Bernoulli(keep));
-        x * mask / keep
+        let mask = crate::dropout::mask::<B, D>(x.dims(), 1.0 - self.dropout, &x.device());
+        x * mask
+    }
+
+    /// Whether [`Self::dropout_input`] changes its input on `device`.
+    pub fn dropout_applies(&self, device: &B::Device) -> bool {
+        self.dropout > 0.0 && crate::dropout::active::<B>(device)
     }
 
     /// `scaling · (x·Aᵀ)·Bᵀ` on `[rows, in]`.

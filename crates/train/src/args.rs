@@ -61,6 +61,9 @@ fn d_save_steps() -> usize {
 fn d_seed() -> u64 {
     42
 }
+fn d_checkpoint_every() -> usize {
+    1
+}
 fn d_workers() -> usize {
     2
 }
@@ -136,9 +139,23 @@ pub struct TrainingArgs {
     /// bf16 compute (CUDA builds).
     #[serde(default)]
     pub bf16: bool,
-    /// Recompute activations in backward (burn's checkpointing strategy).
+    /// Layer-wise activation checkpointing, as transformers does it: the forward keeps
+    /// only each segment's input, the backward recomputes one segment at a time
+    /// ([`vlmtune_model::recompute`]). Same results, less memory, more compute.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Layers per checkpointed segment (1: one input kept per layer, least memory; larger:
+    /// fewer inputs kept, one bigger segment's activations alive at a time).
+    #[serde(default = "d_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Pick the largest `per_device_train_batch_size` whose estimated peak memory fits
+    /// `max_memory`, raising `gradient_accumulation_steps` to keep the effective batch.
+    #[serde(default)]
+    pub auto_find_batch_size: bool,
+    /// The memory budget of `auto_find_batch_size` (`"8GiB"`, `"512MiB"`; default: the
+    /// machine's available memory).
+    #[serde(default)]
+    pub max_memory: Option<String>,
     /// A checkpoint folder to resume from, or `true`/`"latest"` for the newest in `output_dir`.
     #[serde(default)]
     pub resume_from_checkpoint: Option<String>,
@@ -198,6 +215,12 @@ impl TrainingArgs {
         }
         if self.logging_steps == 0 {
             return bad("logging_steps", "must be positive");
+        }
+        if let Some(m) = &self.max_memory {
+            crate::memory_plan::parse_memory(m)?;
+        }
+        if self.checkpoint_every == 0 {
+            return bad("checkpoint_every", "must be at least 1 layer");
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use vlmtune_model::LayerTape;
 use vlmtune_peft::PathTracker;
 use vlmtune_quant::NamedTensor;
 
@@ -50,6 +51,24 @@ pub fn collect_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     };
     module.visit(&mut c);
     c.out
+}
+
+/// The gradients of `loss` for every trainable parameter of `module`, by path: one
+/// backward, or, under gradient checkpointing, the loss's backward and then each segment
+/// `tape` recorded while `loss` was computed, recomputed in reverse.
+pub fn loss_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    loss: Tensor<AB, 1>,
+    tape: Option<&LayerTape<AB>>,
+) -> TensorMap<AB::InnerBackend> {
+    match tape {
+        Some(tape) => {
+            let mut out = BTreeMap::new();
+            tape.backward(loss, |g| accumulate(&mut out, collect_grads(module, g)));
+            out
+        }
+        None => collect_grads(module, &loss.backward()),
+    }
 }
 
 struct ValueCollector<AB: AutodiffBackend> {

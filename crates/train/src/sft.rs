@@ -19,6 +19,7 @@ use crate::args::TrainingArgs;
 use crate::error::{Result, TrainError};
 use crate::eval::relaxed_correct;
 use crate::feature_cache::{CacheLevel, FeatureCache};
+use crate::memory_plan::StepShape;
 use crate::trainer::{Accumulation, Objective, ObjectiveOutput, Trainer};
 
 /// The model inputs of a collated batch.
@@ -186,6 +187,16 @@ impl<AB: AutodiffBackend> Objective<AB> for SftObjective<AB> {
 
     fn tokens(&self, batch: &TrainBatch) -> usize {
         batch.num_tokens()
+    }
+
+    fn step_shape(&self, batch: &TrainBatch) -> StepShape {
+        let rows = batch.batch_size.max(1);
+        StepShape {
+            batch_size: batch.batch_size,
+            seq_len: batch.seq_len,
+            tiles: batch.pixels.as_ref().map_or(0, |p| p.shape[1]),
+            labelled: batch.num_label_tokens().div_ceil(rows),
+        }
     }
 
     fn loss(

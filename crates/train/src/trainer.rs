@@ -12,15 +12,16 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use serde_json::json;
 use vlmtune_data::loader::{batches_per_epoch, epoch_batches, BatchEncoder, LoaderConfig};
-use vlmtune_model::SmolVlm;
+use vlmtune_model::{LayerTape, SmolVlm};
 use vlmtune_peft::{save_adapter, LoraConfig};
 use vlmtune_quant::NamedTensor;
 
 use crate::args::TrainingArgs;
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Result, TrainError};
+use crate::memory_plan::{self, MemoryPlan, StepSetup, StepShape};
 use crate::metrics::MetricsLog;
-use crate::optim::{accumulate, clip_grad_norm, collect_grads, AdamW, TensorMap};
+use crate::optim::{accumulate, clip_grad_norm, loss_grads, AdamW, TensorMap};
 use crate::schedule::lr_lambda;
 
 /// The accumulated batch a micro-batch belongs to.
@@ -51,6 +52,12 @@ pub trait Objective<AB: AutodiffBackend> {
     fn items(&self, batch: &<Self::Encoder as BatchEncoder<Self::Example>>::Batch) -> usize;
     /// Non-padding tokens (for `num_tokens`).
     fn tokens(&self, batch: &<Self::Encoder as BatchEncoder<Self::Example>>::Batch) -> usize;
+    /// The shape of a batch as the memory plan sees it (rows the model runs, tokens per row,
+    /// tiles per row, labelled tokens per row).
+    fn step_shape(
+        &self,
+        batch: &<Self::Encoder as BatchEncoder<Self::Example>>::Batch,
+    ) -> StepShape;
     /// The loss of a micro-batch, `None` when it has nothing to learn from.
     fn loss(
         &mut self,
@@ -89,6 +96,9 @@ pub struct Trainer<AB: AutodiffBackend, O: Objective<AB>> {
     /// Stop (as if interrupted) after this optimizer step, keeping the schedule of the full
     /// run; used to test and demonstrate resuming.
     pub stop_after: Option<usize>,
+    /// A tape to checkpoint with instead of a fresh [`LayerTape`] per micro-batch (tests).
+    #[doc(hidden)]
+    pub tape: Option<std::rc::Rc<LayerTape<AB>>>,
     optimizer: AdamW<AB::InnerBackend>,
     device: AB::Device,
 }
@@ -136,6 +146,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             base_dir: None,
             state: TrainerState::default(),
             stop_after: None,
+            tape: None,
             device,
         })
     }
@@ -235,8 +246,130 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         Ok(())
     }
 
+    /// The loss and the summed gradients of one optimizer step over `micro` (its
+    /// micro-batches), seeded as training at the current step seeds them; with
+    /// `gradient_checkpointing`, through a [`LayerTape`]. Does not update anything.
+    pub fn step_gradients(&mut self, micro: &[BatchOf<AB, O>]) -> Result<StepGradients<AB>> {
+        let accumulation = Accumulation {
+            items: micro.iter().map(|b| self.objective.items(b)).sum(),
+            micro_batches: micro.len(),
+        };
+        let mut out = StepGradients {
+            loss: 0.0,
+            grads: TensorMap::new(),
+            metrics: Vec::new(),
+            tokens: 0,
+        };
+        for (m, batch) in micro.iter().enumerate() {
+            let seed = self.args.seed ^ ((self.state.global_step as u64) << 8) ^ m as u64;
+            AB::seed(&self.device, seed);
+            vlmtune_peft::dropout::begin_step(seed);
+            out.tokens += self.objective.tokens(batch);
+            let tape = self.args.gradient_checkpointing.then(|| {
+                self.tape
+                    .clone()
+                    .unwrap_or_else(|| LayerTape::new(self.args.checkpoint_every))
+            });
+            let loss = {
+                let _recording = tape.as_ref().map(|t| t.activate());
+                self.objective.loss(&self.model, batch, accumulation)?
+            };
+            let Some(loss) = loss else {
+                continue;
+            };
+            out.loss += scalar(loss.loss.clone())?;
+            out.metrics.push(loss.metrics);
+            accumulate(
+                &mut out.grads,
+                loss_grads(&self.model, loss.loss, tape.as_deref()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The memory plan of a step of `batch_size` rows like the largest of (up to) 32
+    /// training examples spread over the set.
+    pub fn memory_plan(&self, batch_size: usize) -> Result<MemoryPlan> {
+        let worst = self.worst_example_shape()?;
+        Ok(self.plan_for(worst, batch_size))
+    }
+
+    fn worst_example_shape(&self) -> Result<StepShape> {
+        let n = self.train_set.len();
+        let mut worst = StepShape {
+            batch_size: 1,
+            seq_len: 0,
+            tiles: 0,
+            labelled: 0,
+        };
+        for i in (0..n).step_by((n / 32).max(1)).take(32) {
+            let batch = self.encoder.encode_batch(&[(i, &self.train_set[i])])?;
+            let shape = self.objective.step_shape(&batch);
+            worst.batch_size = worst.batch_size.max(shape.batch_size);
+            worst.seq_len = worst.seq_len.max(shape.seq_len);
+            worst.tiles = worst.tiles.max(shape.tiles);
+            worst.labelled = worst.labelled.max(shape.labelled);
+        }
+        Ok(worst)
+    }
+
+    fn plan_for(&self, example: StepShape, batch_size: usize) -> MemoryPlan {
+        let report = vlmtune_peft::memory_report::<AB, _>(&self.model);
+        let vision_trains = vlmtune_peft::named_params::<AB, _>(&self.model)
+            .iter()
+            .any(|p| p.trainable && p.path.starts_with("model.vision_model."));
+        memory_plan::estimate(
+            self.model.config(),
+            &report,
+            StepShape {
+                batch_size: example.batch_size * batch_size,
+                ..example
+            },
+            StepSetup {
+                vision_trains,
+                gradient_checkpointing: self.args.gradient_checkpointing,
+                checkpoint_every: self.args.checkpoint_every,
+            },
+        )
+    }
+
+    /// `auto_find_batch_size`: the largest batch whose plan fits `max_memory`, the effective
+    /// batch kept by the accumulation; logged either way.
+    fn plan_batch_size(&mut self) -> Result<()> {
+        let worst = self.worst_example_shape()?;
+        let (batch, accumulation) = (
+            self.args.per_device_train_batch_size,
+            self.args.gradient_accumulation_steps,
+        );
+        if !self.args.auto_find_batch_size {
+            let plan = self.plan_for(worst, batch);
+            tracing::info!(%plan, per_device_train_batch_size = batch, "memory");
+            return Ok(());
+        }
+        let budget = match &self.args.max_memory {
+            Some(m) => memory_plan::parse_memory(m)?,
+            None => memory_plan::available_memory().ok_or_else(|| TrainError::Config {
+                field: "max_memory".into(),
+                message: "cannot read the available memory; set max_memory".into(),
+            })?,
+        };
+        let choice =
+            memory_plan::pick_batch_size(batch, accumulation, budget, |b| self.plan_for(worst, b))?;
+        tracing::info!(
+            per_device_train_batch_size = choice.per_device_train_batch_size,
+            gradient_accumulation_steps = choice.gradient_accumulation_steps,
+            budget_mib = budget >> 20,
+            plan = %choice.plan,
+            "auto_find_batch_size"
+        );
+        self.args.per_device_train_batch_size = choice.per_device_train_batch_size;
+        self.args.gradient_accumulation_steps = choice.gradient_accumulation_steps;
+        Ok(())
+    }
+
     /// Runs training to `max_steps` / `num_train_epochs`; returns the loss of every step.
     pub fn train(&mut self) -> Result<Vec<f64>> {
+        self.plan_batch_size()?;
         if let Some(spec) = self.args.resume_from_checkpoint.clone() {
             let dir = checkpoint::resolve_checkpoint(&spec, &self.args.output_dir)?;
             self.resume(&dir)?;
@@ -277,10 +410,6 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 if micro.is_empty() {
                     break;
                 }
-                let accumulation = Accumulation {
-                    items: micro.iter().map(|b| self.objective.items(b)).sum(),
-                    micro_batches: micro.len(),
-                };
                 let lr = self.args.learning_rate
                     * lr_lambda(
                         self.args.lr_scheduler_type,
@@ -288,23 +417,16 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                         warmup,
                         total,
                     );
-                let mut grads = TensorMap::new();
-                let mut step_loss = 0.0;
-                for (m, batch) in micro.iter().enumerate() {
-                    AB::seed(
-                        &self.device,
-                        self.args.seed ^ ((self.state.global_step as u64) << 8) ^ m as u64,
-                    );
-                    let tokens = self.objective.tokens(batch);
-                    window.tokens += tokens;
-                    self.state.num_tokens += tokens as u64;
-                    let Some(out) = self.objective.loss(&self.model, batch, accumulation)? else {
-                        continue;
-                    };
-                    step_loss += scalar(out.loss.clone())?;
-                    window.add(&out.metrics);
-                    let g = out.loss.backward();
-                    accumulate(&mut grads, collect_grads(&self.model, &g));
+                let StepGradients {
+                    loss: step_loss,
+                    mut grads,
+                    metrics,
+                    tokens,
+                } = self.step_gradients(&micro)?;
+                window.tokens += tokens;
+                self.state.num_tokens += tokens as u64;
+                for m in &metrics {
+                    window.add(m);
                 }
                 if !step_loss.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -385,6 +507,22 @@ fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> Result<f64> {
         .to_vec::<f32>()
         .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
     Ok(f64::from(v.first().copied().unwrap_or(0.0)))
+}
+
+/// A batch of objective `O`.
+pub type BatchOf<AB, O> =
+    <<O as Objective<AB>>::Encoder as BatchEncoder<<O as Objective<AB>>::Example>>::Batch;
+
+/// What [`Trainer::step_gradients`] computes.
+pub struct StepGradients<AB: AutodiffBackend> {
+    /// Sum of the micro-batches' (normalised) losses.
+    pub loss: f64,
+    /// Gradients of the trainable parameters by path, summed over micro-batches.
+    pub grads: TensorMap<AB::InnerBackend>,
+    /// Each micro-batch's metrics.
+    pub metrics: Vec<Vec<(&'static str, f64)>>,
+    /// Non-padding tokens seen.
+    pub tokens: usize,
 }
 
 /// Metrics gathered between two log lines.
