@@ -69,8 +69,8 @@ fn main() {
                     f
                 }
             };
-            let (hidden, _) = model
-                .forward_hidden(&tokens, Some(&features), None, None, None)
+            let hidden = model
+                .hidden_states(&tokens, Some(&features), None, None, None)
                 .unwrap();
             let loss = causal_lm_loss(model.lm_head(hidden), &labels, None).unwrap();
             let mut grads = collect_grads(&model, &loss.backward());

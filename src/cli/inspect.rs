@@ -52,7 +52,8 @@ impl BackendJob for InspectArgs {
         let options = LoadOptions {
             quant: self.quant.config(),
         };
-        let model: SmolVlm<B::InnerBackend> = match (&self.model, &self.preset) {
+        // On the autodiff backend, so that trainable parameters count as such in the plan.
+        let model: SmolVlm<B> = match (&self.model, &self.preset) {
             (Some(spec), _) => load_pretrained_with(spec, &options, &device)?,
             (None, Some(name)) => {
                 let preset = Preset::parse(name).ok_or_else(|| {
@@ -64,7 +65,7 @@ impl BackendJob for InspectArgs {
             }
             (None, None) => anyhow::bail!("give --model <dir or hub id> or --preset <name>"),
         };
-        let memory = vlmtune::peft::memory_report::<B::InnerBackend, _>(&model);
+        let memory = vlmtune::peft::memory_report::<B, _>(&model);
         let mut out = format!("{}\nweight memory: {memory}\n", describe(&model));
         if let Some(batch_size) = self.batch_size {
             out.push_str(&self.plan(model)?.to_string());
@@ -78,7 +79,7 @@ impl BackendJob for InspectArgs {
 }
 
 impl InspectArgs {
-    fn plan<B: burn::tensor::backend::Backend>(
+    fn plan<B: AutodiffBackend>(
         &self,
         mut model: SmolVlm<B>,
     ) -> anyhow::Result<vlmtune::train::memory_plan::MemoryPlan> {

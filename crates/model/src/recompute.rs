@@ -39,7 +39,7 @@ use burn::tensor::Tensor;
 use vlmtune_peft::dropout;
 
 use crate::attention::AttentionMask;
-use crate::text::{run_decoder_layers, DecoderLayer, Rope};
+use crate::text::{run_decoder_layers, DecoderLayer, LayerKv, Rope};
 use crate::vision::{run_encoder_layers, EncoderLayer};
 
 /// Runs layer segments in place of the plain loop; what an active [`LayerTape`] is to the
@@ -47,7 +47,9 @@ use crate::vision::{run_encoder_layers, EncoderLayer};
 pub trait SegmentRunner<B: Backend> {
     /// Layers per segment.
     fn segment_len(&self) -> usize;
-    /// Decoder layers (see [`run_decoder_layers`]).
+    /// Decoder layers (see [`run_decoder_layers`]); with `keep_kv` false the keys and values
+    /// are returned but not kept for gradients (nobody reads them).
+    #[allow(clippy::too_many_arguments)]
     fn decoder_segment(
         &self,
         layers: &[DecoderLayer<B>],
@@ -55,8 +57,9 @@ pub trait SegmentRunner<B: Backend> {
         h: Tensor<B, 3>,
         rope: &Rope<B>,
         mask: &AttentionMask,
-        past: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    ) -> (Tensor<B, 3>, Vec<(Tensor<B, 4>, Tensor<B, 4>)>);
+        past: Vec<Option<LayerKv<B>>>,
+        keep_kv: bool,
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>);
     /// Encoder layers (see [`run_encoder_layers`]).
     fn encoder_segment(
         &self,
@@ -278,8 +281,9 @@ impl<AB: AutodiffBackend> SegmentRunner<AB> for LayerTape<AB> {
         h: Tensor<AB, 3>,
         rope: &Rope<AB>,
         mask: &AttentionMask,
-        past: Vec<Option<(Tensor<AB, 4>, Tensor<AB, 4>)>>,
-    ) -> (Tensor<AB, 3>, Vec<(Tensor<AB, 4>, Tensor<AB, 4>)>) {
+        past: Vec<Option<LayerKv<AB>>>,
+        keep_kv: bool,
+    ) -> (Tensor<AB, 3>, Vec<LayerKv<AB>>) {
         let (out, kv) = {
             let inner: Vec<DecoderLayer<AB::InnerBackend>> =
                 layers.iter().map(|l| l.valid()).collect();
@@ -311,19 +315,17 @@ impl<AB: AutodiffBackend> SegmentRunner<AB> for LayerTape<AB> {
             return (Tensor::from_inner(out), kv);
         }
         let out = Tensor::<AB, 3>::from_inner(out).require_grad();
-        let kv: Vec<(Tensor<AB, 4>, Tensor<AB, 4>)> = kv
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    Tensor::from_inner(k).require_grad(),
-                    Tensor::from_inner(v).require_grad(),
-                )
-            })
-            .collect();
+        let leaf = |t: Tensor<AB::InnerBackend, 4>| match keep_kv {
+            true => Tensor::<AB, 4>::from_inner(t).require_grad(),
+            false => Tensor::from_inner(t),
+        };
+        let kv: Vec<LayerKv<AB>> = kv.into_iter().map(|(k, v)| (leaf(k), leaf(v))).collect();
         let mut outputs = vec![Value::D3(out.clone())];
-        for (k, v) in &kv {
-            outputs.push(Value::D4(k.clone()));
-            outputs.push(Value::D4(v.clone()));
+        if keep_kv {
+            for (k, v) in &kv {
+                outputs.push(Value::D4(k.clone()));
+                outputs.push(Value::D4(v.clone()));
+            }
         }
         let (layers, seeds, rope, mask) = (
             layers.to_vec(),
@@ -337,9 +339,11 @@ impl<AB: AutodiffBackend> SegmentRunner<AB> for LayerTape<AB> {
                 let (out, kv) =
                     run_decoder_layers(&layers, &seeds, h.clone(), &rope, &mask, past.clone());
                 let mut values = vec![Value::D3(out)];
-                for (k, v) in kv {
-                    values.push(Value::D4(k));
-                    values.push(Value::D4(v));
+                if keep_kv {
+                    for (k, v) in kv {
+                        values.push(Value::D4(k));
+                        values.push(Value::D4(v));
+                    }
                 }
                 values
             }),

@@ -11,6 +11,9 @@ use crate::config::TextConfig;
 use crate::error::Result;
 use crate::layers::{Embedding, RmsNorm};
 
+/// One decoder layer's `(keys, values)`, `[batch, kv_heads, len, head_dim]` each.
+pub type LayerKv<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
 /// Keys and values of the tokens seen so far, per decoder layer:
 /// `[batch, kv_heads, past_len, head_dim]` each.
 ///
@@ -20,7 +23,7 @@ use crate::layers::{Embedding, RmsNorm};
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     /// `(keys, values)` of each layer.
-    pub layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    pub layers: Vec<LayerKv<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -258,8 +261,8 @@ pub fn run_decoder_layers<B: Backend>(
     mut h: Tensor<B, 3>,
     rope: &Rope<B>,
     mask: &AttentionMask,
-    past: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-) -> (Tensor<B, 3>, Vec<(Tensor<B, 4>, Tensor<B, 4>)>) {
+    past: Vec<Option<LayerKv<B>>>,
+) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
     let mut cache = Vec::with_capacity(layers.len());
     for ((layer, seed), past) in layers.iter().zip(seeds).zip(past) {
         let _scope = vlmtune_peft::dropout::scope(*seed);
@@ -278,6 +281,9 @@ pub struct TextContext<'a, B: Backend> {
     pub attention_mask: &'a [u8],
     /// Keys and values of earlier tokens, if any.
     pub cache: Option<&'a KvCache<B>>,
+    /// Return the extended cache (`false`: an empty one, and a checkpointing tape keeps no
+    /// keys/values).
+    pub use_cache: bool,
 }
 
 /// Token embeddings, decoder layers and the final norm.
@@ -356,11 +362,13 @@ impl<B: Backend> TextModel<B> {
                 .collect();
             let layers = &self.layers[start..end];
             let (out, kv) = match &runner {
-                Some(r) => r.decoder_segment(layers, &seeds, h, &rope, &mask, past),
+                Some(r) => r.decoder_segment(layers, &seeds, h, &rope, &mask, past, ctx.use_cache),
                 None => run_decoder_layers(layers, &seeds, h, &rope, &mask, past),
             };
             h = out;
-            cache.extend(kv);
+            if ctx.use_cache {
+                cache.extend(kv);
+            }
             start = end;
         }
         (self.norm.forward(h), KvCache { layers: cache })

@@ -182,7 +182,7 @@ impl<B: Backend> SmolVlm<B> {
     }
 
     /// The real tiles of `pixels` and their patch masks, on the host.
-    fn vision_input(&self, pixels: &PixelBatch) -> Result<Option<VisionInput>> {
+    fn vision_input<'a>(&self, pixels: &'a PixelBatch) -> Result<Option<VisionInput<'a>>> {
         let [batch, max_images, channels, height, width] = pixels.shape;
         let tile_len = channels * height * width;
         if pixels.pixel_values.len() != batch * max_images * tile_len {
@@ -204,12 +204,12 @@ impl<B: Backend> SmolVlm<B> {
         if n_real == 0 {
             return Ok(None);
         }
-        let mut values = Vec::with_capacity(n_real * tile_len);
-        for (tile, keep) in pixels.pixel_values.chunks(tile_len).zip(&real) {
-            if *keep {
-                values.extend_from_slice(tile);
-            }
-        }
+        let tiles: Vec<&[f32]> = pixels
+            .pixel_values
+            .chunks(tile_len)
+            .zip(&real)
+            .filter_map(|(tile, keep)| keep.then_some(tile))
+            .collect();
         let tiles_per_sample = real
             .chunks(max_images)
             .map(|s| s.iter().filter(|r| **r).count())
@@ -237,7 +237,7 @@ impl<B: Backend> SmolVlm<B> {
             }
         };
         Ok(Some(VisionInput {
-            values,
+            tiles,
             shape: [n_real, channels, height, width],
             patch_mask,
             tiles_per_sample,
@@ -318,6 +318,32 @@ impl<B: Backend> SmolVlm<B> {
         cache: Option<&KvCache<B>>,
         past_mask: Option<&[u8]>,
     ) -> Result<(Tensor<B, 3>, KvCache<B>)> {
+        self.run_text(tokens, features, position_ids, cache, past_mask, true)
+    }
+
+    /// [`Self::forward_hidden`] without returning (or, under gradient checkpointing,
+    /// keeping) the extended KV cache: what a training forward needs.
+    pub fn hidden_states(
+        &self,
+        tokens: &TokenBatch,
+        features: Option<&Tensor<B, 3>>,
+        position_ids: Option<&[i64]>,
+        cache: Option<&KvCache<B>>,
+        past_mask: Option<&[u8]>,
+    ) -> Result<Tensor<B, 3>> {
+        self.run_text(tokens, features, position_ids, cache, past_mask, false)
+            .map(|(hidden, _)| hidden)
+    }
+
+    fn run_text(
+        &self,
+        tokens: &TokenBatch,
+        features: Option<&Tensor<B, 3>>,
+        position_ids: Option<&[i64]>,
+        cache: Option<&KvCache<B>>,
+        past_mask: Option<&[u8]>,
+        use_cache: bool,
+    ) -> Result<(Tensor<B, 3>, KvCache<B>)> {
         let embeds = self.embed(tokens, features)?;
         let default_positions;
         let position_ids = match position_ids {
@@ -357,6 +383,7 @@ impl<B: Backend> SmolVlm<B> {
                 position_ids,
                 attention_mask: &full_mask,
                 cache,
+                use_cache,
             },
         ))
     }
@@ -385,7 +412,7 @@ impl<B: Backend> SmolVlm<B> {
             Some(p) => self.encode_images(p)?,
             None => None,
         };
-        let (hidden, _) = self.forward_hidden(
+        let hidden = self.hidden_states(
             tokens,
             features.as_ref().map(|f| &f.features),
             None,
@@ -396,24 +423,50 @@ impl<B: Backend> SmolVlm<B> {
     }
 }
 
-/// The real tiles of a pixel batch, ready for the vision tower.
-struct VisionInput {
-    values: Vec<f32>,
+/// The real tiles of a pixel batch (borrowed), ready for the vision tower.
+struct VisionInput<'a> {
+    tiles: Vec<&'a [f32]>,
     shape: [usize; 4],
     patch_mask: Option<Vec<bool>>,
     tiles_per_sample: Vec<usize>,
 }
 
-impl VisionInput {
-    /// The tower's output `[n_real, P, Dv]` on `tower`'s backend.
+/// Patches the vision tower encodes at once: tiles do not attend to each other, so a
+/// many-tile image (17 at the default 2048-px edge) runs in chunks of this many patches,
+/// bounding the working set (a frozen tower's transient activations; under gradient
+/// checkpointing, the segment being recomputed).
+const VISION_CHUNK_PATCHES: usize = 1024;
+
+impl VisionInput<'_> {
+    /// The tower's output `[n_real, P, Dv]` on `tower`'s backend, in chunks of tiles.
     fn run<B2: Backend>(
         &self,
         tower: &VisionTransformer<B2>,
         device: &B2::Device,
     ) -> Tensor<B2, 3> {
-        let pixels =
-            Tensor::<B2, 4>::from_data(TensorData::new(self.values.clone(), self.shape), device);
-        tower.forward(pixels, self.patch_mask.as_deref())
+        let [n, channels, height, width] = self.shape;
+        let p = tower.embeddings.patch_size;
+        let patches = (height / p) * (width / p);
+        let per_chunk = (VISION_CHUNK_PATCHES / patches.max(1)).max(1);
+        let mut parts = Vec::with_capacity(n.div_ceil(per_chunk));
+        for start in (0..n).step_by(per_chunk) {
+            let end = (start + per_chunk).min(n);
+            let values = self.tiles[start..end].concat();
+            let pixels = Tensor::<B2, 4>::from_data(
+                TensorData::new(values, [end - start, channels, height, width]),
+                device,
+            );
+            let mask = self
+                .patch_mask
+                .as_ref()
+                .map(|m| &m[start * patches..end * patches]);
+            parts.push(tower.forward(pixels, mask));
+        }
+        if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(parts, 0)
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 //! 2·KV·hd + 3·I floats); per vision patch and encoder layer, when the tower trains, the two
 //! LayerNorm inputs and outputs, q/k/v/out, fc1's output and its GELU (8·Dv + 2·Iv). A
 //! frozen tower runs without a tape: only one layer's working set is alive at a time.
-//! Under gradient checkpointing a decoder layer keeps its input and its keys/values
-//! (D + 2·KV·hd per token), and one segment's full set is alive during its recomputation.
+//! Under gradient checkpointing a decoder layer keeps its input (D per token), and one
+//! segment's full set is alive during its recomputation. The estimate is checked against
+//! measured peak RSS in `tests/memory_plan.rs`.
 
 use std::fmt;
 
@@ -23,7 +24,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// The process itself (code, allocator arenas, thread stacks, tokenizer): measured on the
 /// CPU build, added to every estimate.
-pub const RUNTIME_BYTES: u64 = 96 << 20;
+pub const RUNTIME_BYTES: u64 = 48 << 20;
 
 /// The shape of one micro-batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +55,11 @@ pub struct StepSetup {
 pub struct MemoryPlan {
     /// Frozen and trainable weights as stored (quantised ones by their bytes).
     pub weights: u64,
-    /// Gradients and AdamW's two moments of the trainable parameters, plus the update's
-    /// new values.
+    /// Gradients and AdamW's two moments of the trainable parameters.
     pub adapters_and_optimizer: u64,
-    /// Activations kept for (or recomputed in) the backward, at their peak.
+    /// Activations kept for (or recomputed in) the backward at their peak, with the batch's
+    /// pixels; or, when larger, the optimizer update's new parameter values (the update runs
+    /// after the activations are gone).
     pub activations: u64,
     /// The process's own memory ([`RUNTIME_BYTES`]).
     pub runtime: u64,
@@ -103,8 +105,16 @@ fn vision_floats_per_patch(config: &VlmConfig) -> u64 {
     8 * v.hidden_size as u64 + 2 * v.intermediate_size as u64
 }
 
+/// Patches the vision tower encodes at once (the model runs tiles in chunks of this size).
+const VISION_CHUNK_PATCHES: u64 = 1024;
+
 /// Estimates the peak memory of one training step of `config` with the weights `weights`
 /// describes (a loaded model's [`vlmtune_peft::memory_report`]).
+///
+/// The step has two phases whose activations are not alive together when the vision tower
+/// is frozen: the tower (one chunk of tiles at a time, plus its output) and the text model's
+/// forward and backward. When the tower trains, its kept activations (or checkpoints) are
+/// alive through the text phase too. The pixels of the batch are alive throughout.
 pub fn estimate(
     config: &VlmConfig,
     weights: &MemoryReport,
@@ -118,36 +128,42 @@ pub fn estimate(
     let per_layer = text_floats_per_token(config) * tokens * F32;
     let every = setup.checkpoint_every.max(1) as u64;
     let text = if setup.gradient_checkpointing {
-        let kept =
-            (t.hidden_size as u64 + 2 * t.kv_heads() as u64 * t.head_dim() as u64) * tokens * F32;
+        let kept = t.hidden_size as u64 * tokens * F32;
         layers.div_ceil(every) * kept + every.min(layers) * per_layer
     } else {
         layers * per_layer
     };
-    let patches = (v.image_size / v.patch_size).pow(2) as u64;
-    let tile_patches = (shape.batch_size * shape.tiles) as u64 * patches;
-    let vision_layers = v.num_hidden_layers as u64;
-    let vision = if shape.tiles == 0 {
-        0
-    } else if setup.vision_trains {
-        let per_layer = vision_floats_per_patch(config) * tile_patches * F32;
-        if setup.gradient_checkpointing {
-            vision_layers.div_ceil(every) * v.hidden_size as u64 * tile_patches * F32
-                + every.min(vision_layers) * per_layer
-        } else {
-            vision_layers * per_layer
-        }
-    } else {
-        // One frozen layer's working set: its input, the residual branch and the MLP.
-        (2 * v.hidden_size as u64 + 2 * v.intermediate_size as u64) * tile_patches * F32
-    };
     // Logits, their softmax and gradient at the labelled positions.
     let head = 3 * (shape.batch_size * shape.labelled) as u64 * t.vocab_size as u64 * F32;
+    let patches = (v.image_size / v.patch_size).pow(2) as u64;
+    let tiles = (shape.batch_size * shape.tiles) as u64;
+    let (dv, iv) = (v.hidden_size as u64, v.intermediate_size as u64);
+    let vision_layers = v.num_hidden_layers as u64;
+    let pixels = tiles * (v.num_channels * v.image_size * v.image_size) as u64 * F32;
+    let output = tiles * patches * dv * F32;
+    let (vision_phase, vision_kept) = if tiles == 0 {
+        (0, 0)
+    } else if setup.vision_trains {
+        let per_layer = vision_floats_per_patch(config) * tiles * patches * F32;
+        let chunk = VISION_CHUNK_PATCHES.max(patches) * vision_floats_per_patch(config) * F32;
+        let kept = if setup.gradient_checkpointing {
+            vision_layers.div_ceil(every) * dv * tiles * patches * F32
+                + every.min(vision_layers) * chunk
+        } else {
+            vision_layers * per_layer
+        };
+        (kept + output, kept)
+    } else {
+        // One frozen layer's working set on one chunk: its input, the residual branch and
+        // the MLP's two intermediate tensors.
+        let chunk = VISION_CHUNK_PATCHES.max(patches).min(tiles * patches);
+        ((2 * dv + 2 * iv) * chunk * F32 + output, 0)
+    };
     let trainable = weights.trainable_params as u64;
     MemoryPlan {
         weights: (weights.frozen_bytes + weights.trainable_bytes) as u64,
-        adapters_and_optimizer: trainable * 4 * F32,
-        activations: text + vision + head,
+        adapters_and_optimizer: trainable * 3 * F32,
+        activations: (pixels + vision_phase.max(vision_kept + text + head)).max(trainable * F32),
         runtime: RUNTIME_BYTES,
     }
 }

@@ -111,7 +111,7 @@ pub fn batch_loss<B: Backend>(
     denominator: usize,
 ) -> Result<Option<LossOutput<B>>> {
     let shifted = ShiftedTargets::from_labels(labels, tokens.batch_size, tokens.seq_len)?;
-    let (hidden, _) = model.forward_hidden(tokens, features.as_ref(), None, None, None)?;
+    let hidden = model.hidden_states(tokens, features.as_ref(), None, None, None)?;
     if shifted.is_empty() {
         return Ok(None);
     }

@@ -145,7 +145,7 @@ pub fn plain_logps<B: Backend>(
             None => None,
         },
     };
-    let (hidden, _) = model.forward_hidden(&tokens, features.as_ref(), None, None, None)?;
+    let hidden = model.hidden_states(&tokens, features.as_ref(), None, None, None)?;
     let shifted = ShiftedTargets::from_labels(&labels, rows.len(), width)?;
     let lengths: Vec<usize> = rows.iter().map(|(_, c)| c.len()).collect();
     let (token_rows, stats) = score_rows(
@@ -212,7 +212,7 @@ pub fn shared_prefix_logps<B: Backend>(
             let positions: Vec<i64> = (0..2)
                 .flat_map(|_| (lp..lp + lc).map(|p| p as i64))
                 .collect();
-            let (h, _) = model.forward_hidden(
+            let h = model.hidden_states(
                 &cont,
                 None,
                 Some(&positions),
