@@ -1,8 +1,8 @@
 //! Layer-wise gradient checkpointing computes what the plain run computes: the loss and every
 //! trainable gradient of one optimizer step agree within 1e-6 (relative to the tensor's
 //! largest gradient) for SFT and DPO (plain and shared-prefix layouts), with LoRA dropout on,
-//! for LoRA on the text model, LoRA on every Linear (vision encoder segments too) and a full
-//! fine-tune; and a tape whose recomputation draws other dropout masks does not (the negative
+//! for LoRA on the text model, LoRA on every Linear (vision encoder segments too), DoRA on
+//! NF4-quantised projections (QLoRA) and a full fine-tune; and a tape whose recomputation draws other dropout masks does not (the negative
 //! control showing that the comparison can fail).
 
 mod common;
@@ -16,8 +16,9 @@ use vlmtune_data::dataset::jsonl;
 use vlmtune_data::loader::BatchEncoder;
 use vlmtune_data::preference::PreferenceCollator;
 use vlmtune_data::{DatasetFormat, Processor};
-use vlmtune_model::{load_dir, LayerTape, SmolVlm, Trainable};
+use vlmtune_model::{load_dir_with, LayerTape, LoadOptions, SmolVlm, Trainable};
 use vlmtune_peft::{add_adapter, InitLoraWeights, LoraPreset};
+use vlmtune_quant::QuantConfig;
 use vlmtune_train::dpo::DpoConfig;
 use vlmtune_train::optim::TensorMap;
 use vlmtune_train::{DpoTrainer, SftTrainer, TrainingArgs};
@@ -31,19 +32,27 @@ enum Setup {
     TextLora,
     /// LoRA r4 on every Linear (vision encoder included), dropout 0.1.
     AllLora,
+    /// DoRA r4 on the text attention over NF4 + double-quantised text projections (QLoRA),
+    /// dropout 0.1.
+    QDora,
     /// Every base weight.
     Full,
 }
 
 fn model(setup: Setup) -> SmolVlm<AB> {
-    let mut model = load_dir::<AB>(&fixture_path("tiny-smolvlm"), &Default::default()).unwrap();
+    let options = LoadOptions {
+        quant: matches!(setup, Setup::QDora).then(QuantConfig::nf4),
+    };
+    let mut model =
+        load_dir_with::<AB>(&fixture_path("tiny-smolvlm"), &options, &Default::default()).unwrap();
     let preset = match setup {
-        Setup::TextLora => LoraPreset::TextAttention,
+        Setup::TextLora | Setup::QDora => LoraPreset::TextAttention,
         Setup::AllLora => LoraPreset::AllLinear,
         Setup::Full => return model.with_trainable(Trainable::all()),
     };
     let mut lora = preset.config(4, 8.0);
     lora.lora_dropout = 0.1;
+    lora.use_dora = matches!(setup, Setup::QDora);
     // B random too, so that every adapter matrix has a gradient in the first step.
     lora.init_lora_weights = InitLoraWeights::Bool(false);
     add_adapter(&mut model, "default", &lora, 3).unwrap();
@@ -218,6 +227,17 @@ fn sft_lora_on_the_vision_encoder_too_matches_the_plain_run() {
         "sft all-linear LoRA",
         &plain,
         &sft_step(Setup::AllLora, Mode::Every(1)),
+    );
+}
+
+#[test]
+fn sft_qlora_dora_matches_the_plain_run() {
+    let plain = sft_step(Setup::QDora, Mode::Plain);
+    assert!(plain.1.keys().any(|p| p.ends_with("magnitude")));
+    assert_same(
+        "sft DoRA on NF4",
+        &plain,
+        &sft_step(Setup::QDora, Mode::Every(1)),
     );
 }
 

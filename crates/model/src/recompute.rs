@@ -225,7 +225,7 @@ impl<AB: AutodiffBackend> LayerTape<AB> {
             .collect()
     }
 
-    /// Adds the gradients in `grads` of the outputs of records `..end` to theirs.
+    /// Adds the gradients in `grads` of the records' outputs to those collected so far.
     fn collect(records: &mut [Record<AB>], grads: &AB::Gradients) {
         for record in records {
             for (out, acc) in record.outputs.iter().zip(record.grads.iter_mut()) {
@@ -249,6 +249,10 @@ impl<AB: AutodiffBackend> LayerTape<AB> {
         Self::collect(&mut records, &grads);
         drop(grads);
         while let Some(record) = records.pop() {
+            // No gradient reached this segment's outputs: nothing flows through it.
+            if record.grads.iter().all(Option::is_none) {
+                continue;
+            }
             let surrogate = {
                 let outputs = (record.rerun)();
                 outputs
@@ -257,7 +261,6 @@ impl<AB: AutodiffBackend> LayerTape<AB> {
                     .filter_map(|(out, g)| g.as_ref().and_then(|g| out.surrogate(g)))
                     .reduce(|a, b| a + b)
             };
-            // No gradient reached this segment's outputs: nothing flows through it.
             let Some(surrogate) = surrogate else {
                 continue;
             };
