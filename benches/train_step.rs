@@ -60,10 +60,6 @@ fn quant_of(mode: &str) -> Option<QuantConfig> {
     }
 }
 
-fn run_mode(mode: &str) {
-    run::<AB>(mode)
-}
-
 fn run<AB: AutodiffBackend>(mode: &str) {
     let device = Default::default();
     let config = Preset::SmolVlm256M.config();
@@ -164,7 +160,7 @@ fn forward_only_mode(mode: &str) -> bool {
 
 fn main() {
     if let Some(mode) = common::mode_arg() {
-        run_mode(&mode);
+        run::<AB>(&mode);
         return;
     }
     let reference = common::reference("train_step");

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use common::{fixture_path, AB};
@@ -83,8 +82,13 @@ enum Mode {
     BrokenSeeding,
 }
 
-/// Installs the tape `mode` asks for; returns it so that the test can see it recorded.
-fn use_mode<O>(trainer: &mut vlmtune_train::Trainer<AB, O>, mode: Mode) -> Option<Rc<LayerTape<AB>>>
+/// One optimizer step's loss and gradients of `batch` under `trainer`, checkpointed as
+/// `mode` says; checks that a checkpointing tape recorded segments and was consumed.
+fn step<O>(
+    trainer: &mut vlmtune_train::Trainer<AB, O>,
+    batch: vlmtune_train::trainer::BatchOf<AB, O>,
+    mode: Mode,
+) -> (f64, TensorMap<Inner>)
 where
     O: vlmtune_train::trainer::Objective<AB>,
 {
@@ -94,7 +98,15 @@ where
         Mode::BrokenSeeding => Some(LayerTape::with_broken_seeding(1)),
     };
     trainer.tape = tape.clone();
-    tape
+    let out = trainer.step_gradients(&[batch]).unwrap();
+    if let Some(tape) = tape {
+        assert!(
+            tape.segments_recorded() > 0,
+            "checkpointing recorded no segment"
+        );
+        assert!(tape.is_empty(), "the backward consumes the tape");
+    }
+    (out.loss, out.grads)
 }
 
 fn sft_step(setup: Setup, mode: Mode) -> (f64, TensorMap<Inner>) {
@@ -114,19 +126,10 @@ fn sft_step(setup: Setup, mode: Mode) -> (f64, TensorMap<Inner>) {
         Default::default(),
     )
     .unwrap();
-    let tape = use_mode(&mut trainer, mode);
     let indexed: Vec<(usize, &_)> = examples.iter().take(2).enumerate().collect();
     let batch = collator.encode_batch(&indexed).unwrap();
     assert!(batch.pixels.is_some(), "the batch carries images");
-    let out = trainer.step_gradients(&[batch]).unwrap();
-    if let Some(tape) = tape {
-        assert!(
-            tape.segments_recorded() > 0,
-            "checkpointing recorded no segment"
-        );
-        assert!(tape.is_empty(), "the backward consumes the tape");
-    }
-    (out.loss, out.grads)
+    step(&mut trainer, batch, mode)
 }
 
 fn dpo_step(shared_prefix: bool, mode: Mode) -> (f64, TensorMap<Inner>) {
@@ -149,17 +152,9 @@ fn dpo_step(shared_prefix: bool, mode: Mode) -> (f64, TensorMap<Inner>) {
         Default::default(),
     )
     .unwrap();
-    let tape = use_mode(&mut trainer, mode);
     let indexed: Vec<(usize, &_)> = pairs.iter().take(2).enumerate().collect();
     let batch = collator.encode_batch(&indexed).unwrap();
-    let out = trainer.step_gradients(&[batch]).unwrap();
-    if let Some(tape) = tape {
-        assert!(
-            tape.segments_recorded() > 0,
-            "checkpointing recorded no segment"
-        );
-    }
-    (out.loss, out.grads)
+    step(&mut trainer, batch, mode)
 }
 
 fn host(t: &burn::tensor::Tensor<Inner, 1>) -> Vec<f32> {

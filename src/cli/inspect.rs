@@ -83,7 +83,7 @@ impl InspectArgs {
         &self,
         mut model: SmolVlm<B>,
     ) -> anyhow::Result<vlmtune::train::memory_plan::MemoryPlan> {
-        use vlmtune::train::memory_plan::{estimate, StepSetup, StepShape};
+        use vlmtune::train::memory_plan::{plan_model, StepShape};
         match self.lora {
             Some(preset) => {
                 let config = preset
@@ -93,27 +93,19 @@ impl InspectArgs {
             }
             None => model = model.with_trainable(vlmtune::model::Trainable::all()),
         }
-        let config = model.config().clone();
-        let vision_trains = vlmtune::peft::named_params::<B, _>(&model)
-            .iter()
-            .any(|p| p.trainable && p.path.starts_with("model.vision_model."));
         let seq_len = self
             .seq_len
-            .unwrap_or(self.tiles * (config.image_seq_len() + 2) + 128);
-        Ok(estimate(
-            &config,
-            &vlmtune::peft::memory_report::<B, _>(&model),
+            .unwrap_or(self.tiles * (model.config().image_seq_len() + 2) + 128);
+        Ok(plan_model(
+            &model,
             StepShape {
                 batch_size: self.batch_size.unwrap_or(1),
                 seq_len,
                 tiles: self.tiles,
                 labelled: self.labelled,
             },
-            StepSetup {
-                vision_trains,
-                gradient_checkpointing: self.gradient_checkpointing,
-                checkpoint_every: self.checkpoint_every,
-            },
+            self.gradient_checkpointing,
+            self.checkpoint_every,
         ))
     }
 }

@@ -168,6 +168,26 @@ pub fn estimate(
     }
 }
 
+/// [`estimate`] for a loaded `model` (weights as it stores them, its trainable parameters,
+/// whether its vision tower trains) running steps of `shape`.
+pub fn plan_model<AB: burn::tensor::backend::AutodiffBackend>(
+    model: &vlmtune_model::SmolVlm<AB>,
+    shape: StepShape,
+    gradient_checkpointing: bool,
+    checkpoint_every: usize,
+) -> MemoryPlan {
+    estimate(
+        model.config(),
+        &vlmtune_peft::memory_report::<AB, _>(model),
+        shape,
+        StepSetup {
+            vision_trains: model.vision_is_trainable(),
+            gradient_checkpointing,
+            checkpoint_every,
+        },
+    )
+}
+
 /// Parses a memory size: `8GiB`, `512MiB`, `8GB`, `1.5G`, or a number of bytes.
 pub fn parse_memory(text: &str) -> Result<u64> {
     let s = text.trim();

@@ -19,7 +19,7 @@ use vlmtune_quant::NamedTensor;
 use crate::args::TrainingArgs;
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Result, TrainError};
-use crate::memory_plan::{self, MemoryPlan, StepSetup, StepShape};
+use crate::memory_plan::{self, MemoryPlan, StepShape};
 use crate::metrics::MetricsLog;
 use crate::optim::{accumulate, clip_grad_norm, loss_grads, AdamW, TensorMap};
 use crate::schedule::lr_lambda;
@@ -314,22 +314,14 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
     }
 
     fn plan_for(&self, example: StepShape, batch_size: usize) -> MemoryPlan {
-        let report = vlmtune_peft::memory_report::<AB, _>(&self.model);
-        let vision_trains = vlmtune_peft::named_params::<AB, _>(&self.model)
-            .iter()
-            .any(|p| p.trainable && p.path.starts_with("model.vision_model."));
-        memory_plan::estimate(
-            self.model.config(),
-            &report,
+        memory_plan::plan_model(
+            &self.model,
             StepShape {
                 batch_size: example.batch_size * batch_size,
                 ..example
             },
-            StepSetup {
-                vision_trains,
-                gradient_checkpointing: self.args.gradient_checkpointing,
-                checkpoint_every: self.args.checkpoint_every,
-            },
+            self.args.gradient_checkpointing,
+            self.args.checkpoint_every,
         )
     }
 
