@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod builtin;
+pub mod config_file;
 pub mod error;
 pub mod jobs;
 pub mod pipeline;

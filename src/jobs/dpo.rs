@@ -80,9 +80,20 @@ impl DpoJobConfig {
         c
     }
 
-    /// Reads a TOML file (missing fields take TRL's defaults); errors name the file and field.
+    /// Reads a TOML or YAML file (missing fields take TRL's defaults); unknown keys and bad
+    /// values are errors naming the file, the line and the key.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        super::read_toml(path)
+        super::read_config(path, &Self::schema())
+    }
+
+    /// Every key a config may have: the defaults with every optional section present.
+    pub fn schema() -> Self {
+        Self {
+            lora: Some(LoraSection::schema()),
+            trainable: Some(Trainable::all()),
+            quant: Some(vlmtune_quant::QuantConfig::default()),
+            ..Self::default()
+        }
     }
 }
 

@@ -8,25 +8,30 @@ use std::path::Path;
 use vlmtune_data::dataset::DatasetSource;
 use vlmtune_data::DatasetFormat;
 
+use crate::config_file::ConfigDocument;
 use crate::error::{Error, Result};
 
-/// Reads a job's TOML file (missing fields take their defaults); errors name the file and
-/// the field.
-pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| vlmtune_data::DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let de = toml::Deserializer::parse(&text)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        Error::Config(format!(
-            "{}: field `{}`: {}",
-            path.display(),
-            e.path(),
-            e.inner()
-        ))
-    })
+/// Reads a job's config file (TOML or YAML; missing fields take their defaults). Keys the
+/// `schema` (the config's serialised form with every optional section present) lacks are
+/// errors naming the file, the line, the key and the nearest valid key.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned + serde::Serialize>(
+    path: &Path,
+    schema: &T,
+) -> Result<T> {
+    let schema = serde_json::to_value(schema)
+        .map_err(|e| Error::Config(format!("config schema: {e}")))?;
+    ConfigDocument::read(path)?.deserialize(&with_peft_lora_fields(schema))
+}
+
+/// PEFT `LoraConfig` fields vlmtune does not model are still valid `[lora]` keys (the ones
+/// that switch on a missing feature are refused by `LoraConfig::validate`).
+fn with_peft_lora_fields(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(lora) = schema.get_mut("lora").and_then(|l| l.as_object_mut()) {
+        for key in vlmtune_peft::PEFT_FIELDS_NOT_MODELLED {
+            lora.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    schema
 }
 
 /// Train and held-out examples of a non-synthetic `[dataset]`, read by `load` per split:

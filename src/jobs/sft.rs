@@ -96,6 +96,14 @@ pub struct LoraSection {
 }
 
 impl LoraSection {
+    /// Every key of `[lora]` (with the PEFT fields kept as-is added by the reader).
+    pub fn schema() -> Self {
+        Self {
+            preset: Some(LoraPreset::TextAttention),
+            config: LoraConfig::default(),
+        }
+    }
+
     /// The `LoraConfig` this section describes.
     pub fn lora_config(&self) -> LoraConfig {
         let mut config = self.config.clone();
@@ -154,9 +162,20 @@ impl SftJobConfig {
         c
     }
 
-    /// Reads a TOML file (missing fields take TRL's defaults); errors name the file and field.
+    /// Reads a TOML or YAML file (missing fields take TRL's defaults); unknown keys and bad
+    /// values are errors naming the file, the line and the key.
     pub fn from_file(path: &Path) -> Result<Self> {
-        super::read_toml(path)
+        super::read_config(path, &Self::schema())
+    }
+
+    /// Every key a config may have: the defaults with every optional section present.
+    pub fn schema() -> Self {
+        Self {
+            lora: Some(LoraSection::schema()),
+            trainable: Some(Trainable::all()),
+            quant: Some(QuantConfig::default()),
+            ..Self::default()
+        }
     }
 }
 

@@ -192,6 +192,35 @@ const UNSUPPORTED: [&str; 14] = [
     "lora_ga_config",
 ];
 
+/// Fields of PEFT's `LoraConfig` (0.21) that [`LoraConfig`] keeps in `other` rather than
+/// models: informational ones, and the features vlmtune lacks. Keys outside these and
+/// the modelled fields are unknown (a warning in `adapter_config.json`, an error in a job
+/// config's `[lora]`).
+pub const PEFT_FIELDS_NOT_MODELLED: [&str; 22] = [
+    "alora_invocation_tokens",
+    "arrow_config",
+    "auto_mapping",
+    "corda_config",
+    "ensure_weight_tying",
+    "eva_config",
+    "kasa_config",
+    "layer_replication",
+    "loftq_config",
+    "lora_bias",
+    "lora_ga_config",
+    "megatron_config",
+    "megatron_core",
+    "monteclora_config",
+    "peft_version",
+    "qalora_group_size",
+    "revision",
+    "runtime_config",
+    "target_parameters",
+    "trainable_token_indices",
+    "use_bdlora",
+    "use_qalora",
+];
+
 fn is_default_value(v: &Value) -> bool {
     match v {
         Value::Null | Value::Bool(false) => true,
@@ -320,7 +349,25 @@ impl LoraConfig {
             },
             other => other,
         })?;
+        let unknown = config.unknown_fields();
+        if !unknown.is_empty() {
+            // PEFT versions add fields: a newer adapter must still load.
+            tracing::warn!(
+                file = %path.display(),
+                keys = %unknown.join(", "),
+                "adapter_config.json has keys this PEFT schema does not know; kept, not used"
+            );
+        }
         Ok(config)
+    }
+
+    /// Keys of `other` that are no PEFT `LoraConfig` field vlmtune knows of.
+    pub fn unknown_fields(&self) -> Vec<String> {
+        self.other
+            .keys()
+            .filter(|k| !PEFT_FIELDS_NOT_MODELLED.contains(&k.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// The JSON PEFT writes, with the fields PEFT needs to load it.

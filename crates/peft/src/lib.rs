@@ -29,7 +29,9 @@ pub use adapters::{
     quantized_paths, set_adapter, set_adapters_enabled, trainable_report, unmerge_adapter,
     LinearModules, TrainableReport,
 };
-pub use config::{InitLoraWeights, LayerIndexes, LoraConfig, ModuleSelector};
+pub use config::{
+    InitLoraWeights, LayerIndexes, LoraConfig, ModuleSelector, PEFT_FIELDS_NOT_MODELLED,
+};
 pub use error::{PeftError, Result};
 pub use io::{load_adapter, save_adapter};
 pub use linear::Linear;
