@@ -162,19 +162,16 @@ fn bad_data_gives_clear_errors() {
         err.contains("nope.png") && err.contains("missing.jsonl:1"),
         "{err}"
     );
-    // corrupt image
+    // corrupt image: caught when the dataset is read, naming the row and the image
     write("broken.png", "not an image");
-    let data = jsonl::load_sft(
+    let err = jsonl::load_sft(
         &write("corrupt.jsonl", &row("broken.png")),
         &DatasetFormat::default(),
     )
-    .unwrap();
-    let err = collator(CollatorConfig::default())
-        .encode(&data[0])
-        .unwrap_err()
-        .to_string();
+    .unwrap_err()
+    .to_string();
     assert!(
-        err.contains("broken.png") && err.contains("decode"),
+        err.contains("corrupt.jsonl:1") && err.contains("broken.png") && err.contains("decode"),
         "{err}"
     );
     // empty dataset
@@ -182,6 +179,7 @@ fn bad_data_gives_clear_errors() {
         &vlmtune_data::DatasetSource::Path(write("empty.jsonl", "\n")),
         &DatasetFormat::default(),
         "train",
+        vlmtune_data::OnBadExample::Error,
     )
     .unwrap_err()
     .to_string();

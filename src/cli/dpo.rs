@@ -135,6 +135,7 @@ pub fn summary(report: &DpoReport) -> String {
             get(&report.after, k)
         ));
     }
+    out.push_str(&crate::cli::bad_examples_line(report.bad_examples));
     out.push_str(&format!("adapter saved to {}", report.saved_to.display()));
     out
 }

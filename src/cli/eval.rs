@@ -74,8 +74,12 @@ impl BackendJob for EvalArgs {
             num_eval: self.max_examples,
             ..DatasetSection::default()
         };
-        let (train, eval) = load_examples(&section)?;
-        let examples = if eval.is_empty() { train } else { eval };
+        let splits = load_examples(&section)?;
+        let examples = if splits.eval.is_empty() {
+            splits.train
+        } else {
+            splits.eval
+        };
         let result = evaluate(
             &model,
             &collator,

@@ -8,3 +8,12 @@ pub mod inspect;
 pub mod merge;
 pub mod quant;
 pub mod sft;
+
+/// The summary line of examples left out by `on_bad_example = "skip"` (empty when none were).
+pub fn bad_examples_line(count: usize) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!("bad examples skipped: {count} (on_bad_example = \"skip\"; each was logged)\n")
+    }
+}

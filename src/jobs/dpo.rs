@@ -15,6 +15,7 @@ use vlmtune_peft::LoraPreset;
 use vlmtune_train::{DpoConfig, DpoTrainer, Objective, TrainingArgs};
 
 use super::sft::{model_dir, prepare_model, DatasetSection, LoraSection, ModelSection};
+use super::Splits;
 use crate::error::Result;
 
 /// The whole `dpo.toml`.
@@ -98,9 +99,7 @@ impl DpoJobConfig {
 }
 
 /// Train and held-out pairs of `[dataset]`.
-pub fn load_pairs(
-    config: &DatasetSection,
-) -> Result<(Vec<PreferenceExample>, Vec<PreferenceExample>)> {
+pub fn load_pairs(config: &DatasetSection) -> Result<Splits<PreferenceExample>> {
     let source = DatasetSource::parse(&config.source)?;
     if source == DatasetSource::Synthetic {
         let train =
@@ -111,7 +110,11 @@ pub fn load_pairs(
             config.num_eval,
             config.image_size,
         );
-        return Ok((train, eval));
+        return Ok(Splits {
+            train,
+            eval,
+            skipped: 0,
+        });
     }
     let mut format = config.format.format();
     format.prompt_field = config.fields.prompt_field.clone().or(format.prompt_field);
@@ -134,6 +137,8 @@ pub struct DpoReport {
     pub saved_to: PathBuf,
     /// Seconds of training.
     pub train_seconds: f64,
+    /// Bad pairs left out (`on_bad_example = "skip"`), at load time and while training.
+    pub bad_examples: usize,
 }
 
 /// Runs the job.
@@ -159,10 +164,14 @@ pub fn run_dpo<AB: AutodiffBackend>(
         &device,
     )?;
     let processor = Processor::from_dir(&dir)?;
-    let collator = Arc::new(PreferenceCollator {
-        sft: SftCollator::new(processor, config.collator.clone()),
-    });
-    let (train, eval) = load_pairs(&config.dataset)?;
+    let mut sft = SftCollator::new(processor, config.collator.clone());
+    sft.on_bad_example = config.dataset.on_bad_example;
+    let collator = Arc::new(PreferenceCollator { sft });
+    let Splits {
+        train,
+        eval,
+        skipped,
+    } = load_pairs(&config.dataset)?;
     let mut dpo = config.dpo.clone();
     dpo.reference_quant = config.quant.clone();
     let mut trainer =
@@ -206,5 +215,6 @@ pub fn run_dpo<AB: AutodiffBackend>(
         after,
         saved_to,
         train_seconds,
+        bad_examples: skipped + trainer.encoder.sft.bad_examples(),
     })
 }

@@ -6,7 +6,7 @@ pub mod sft;
 use std::path::Path;
 
 use vlmtune_data::dataset::DatasetSource;
-use vlmtune_data::DatasetFormat;
+use vlmtune_data::{DatasetFormat, Loaded, OnBadExample};
 
 use crate::config_file::ConfigDocument;
 use crate::error::{Error, Result};
@@ -34,25 +34,54 @@ fn with_peft_lora_fields(mut schema: serde_json::Value) -> serde_json::Value {
     schema
 }
 
+/// The examples of a job's `[dataset]`.
+pub struct Splits<T> {
+    /// Training examples.
+    pub train: Vec<T>,
+    /// Held-out examples (empty: no evaluation).
+    pub eval: Vec<T>,
+    /// Rows left out while loading (`on_bad_example = "skip"`).
+    pub skipped: usize,
+}
+
 /// Train and held-out examples of a non-synthetic `[dataset]`, read by `load` per split:
-/// `max_train` / `max_eval` applied, no held-out set for a single file or `eval_split = "none"`.
+/// `max_train` / `max_eval` applied, no held-out set for a single file or `eval_split = "none"`,
+/// bad rows handled as `on_bad_example` says (skips logged here, at the start of the run).
 pub(crate) fn load_splits<T>(
     config: &sft::DatasetSection,
     source: &DatasetSource,
     format: &DatasetFormat,
-    load: impl Fn(&DatasetSource, &DatasetFormat, &str) -> vlmtune_data::Result<Vec<T>>,
-) -> Result<(Vec<T>, Vec<T>)> {
-    let mut train = load(source, format, &config.split)?;
+    load: impl Fn(
+        &DatasetSource,
+        &DatasetFormat,
+        &str,
+        OnBadExample,
+    ) -> vlmtune_data::Result<Loaded<T>>,
+) -> Result<Splits<T>> {
+    let on_bad = config.on_bad_example;
+    let mut train = load(source, format, &config.split, on_bad)?;
     if let Some(n) = config.max_train {
-        train.truncate(n);
+        train.examples.truncate(n);
     }
     let single_file = matches!(source, DatasetSource::Path(p) if p.is_file());
     let eval = if config.eval_split == "none" || single_file {
-        Vec::new()
+        Loaded::default()
     } else {
-        let mut eval = load(source, format, &config.eval_split)?;
-        eval.truncate(config.max_eval);
+        let mut eval = load(source, format, &config.eval_split, on_bad)?;
+        eval.examples.truncate(config.max_eval);
         eval
     };
-    Ok((train, eval))
+    let skipped: Vec<_> = train.skipped.iter().chain(&eval.skipped).collect();
+    if let Some(first) = skipped.first() {
+        tracing::warn!(
+            skipped = skipped.len(),
+            first = %first,
+            "bad dataset rows left out (on_bad_example = \"skip\")"
+        );
+    }
+    Ok(Splits {
+        skipped: skipped.len(),
+        train: train.examples,
+        eval: eval.examples,
+    })
 }

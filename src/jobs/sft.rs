@@ -9,12 +9,13 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use vlmtune_data::collate::{CollatorConfig, SftCollator};
 use vlmtune_data::dataset::{self, synthetic, DatasetSource};
-use vlmtune_data::{DatasetFormat, FormatKind, Processor, SftExample};
+use vlmtune_data::{DatasetFormat, FormatKind, OnBadExample, Processor, SftExample};
 use vlmtune_model::{load_dir_with, resolve_model, LoadOptions, SmolVlm, Trainable};
 use vlmtune_peft::{add_adapter, LoraConfig, LoraPreset};
 use vlmtune_quant::QuantConfig;
 use vlmtune_train::{SftTrainer, TrainingArgs};
 
+use super::Splits;
 use crate::error::{Error, Result};
 
 /// `[model]`.
@@ -63,6 +64,9 @@ pub struct DatasetSection {
     pub image_size: u32,
     /// Synthetic charts: seed.
     pub seed: u64,
+    /// A row that does not parse or an image that does not decode: `error` (stop, naming the
+    /// file and row) or `skip` (leave it out; counted at the start and in the summary).
+    pub on_bad_example: OnBadExample,
 }
 
 impl Default for DatasetSection {
@@ -79,6 +83,7 @@ impl Default for DatasetSection {
             num_eval: 200,
             image_size: 64,
             seed: 1,
+            on_bad_example: OnBadExample::Error,
         }
     }
 }
@@ -203,6 +208,9 @@ pub struct SftReport {
     /// Accuracy of answering at random among each question's possible answers, for the
     /// synthetic charts.
     pub chance_accuracy: Option<f64>,
+    /// Bad examples left out (`on_bad_example = "skip"`): rows at load time plus examples whose
+    /// images or text failed to encode during training.
+    pub bad_examples: usize,
 }
 
 /// The checkpoint folder of `[model]` (writing the tiny model when asked for).
@@ -220,16 +228,17 @@ pub fn model_dir<AB: AutodiffBackend>(
 }
 
 /// Train and held-out examples of `[dataset]`.
-pub fn load_examples(config: &DatasetSection) -> Result<(Vec<SftExample>, Vec<SftExample>)> {
+pub fn load_examples(config: &DatasetSection) -> Result<Splits<SftExample>> {
     let source = DatasetSource::parse(&config.source)?;
     if source == DatasetSource::Synthetic {
         let train = synthetic::sft_examples(config.seed, 0, config.num_train, config.image_size);
         let eval =
             synthetic::sft_examples(config.seed, 1_000_000, config.num_eval, config.image_size);
-        return Ok((
-            train.into_iter().map(|(e, _)| e).collect(),
-            eval.into_iter().map(|(e, _)| e).collect(),
-        ));
+        return Ok(Splits {
+            train: train.into_iter().map(|(e, _)| e).collect(),
+            eval: eval.into_iter().map(|(e, _)| e).collect(),
+            skipped: 0,
+        });
     }
     let mut format = config.format.format();
     let f = &config.fields;
@@ -320,8 +329,14 @@ pub fn run_sft<AB: AutodiffBackend>(
         &device,
     )?;
     let processor = Processor::from_dir(&dir)?;
-    let collator = Arc::new(SftCollator::new(processor, config.collator.clone()));
-    let (train, eval) = load_examples(&config.dataset)?;
+    let mut collator = SftCollator::new(processor, config.collator.clone());
+    collator.on_bad_example = config.dataset.on_bad_example;
+    let collator = Arc::new(collator);
+    let Splits {
+        train,
+        eval,
+        skipped,
+    } = load_examples(&config.dataset)?;
     tracing::info!(train = train.len(), eval = eval.len(), "dataset loaded");
     let mut trainer = SftTrainer::new(model, config.training.clone(), collator, train, device)?;
     trainer.base_dir = Some(dir.clone());
@@ -374,6 +389,7 @@ pub fn run_sft<AB: AutodiffBackend>(
             .map(|e| e.answers)
             .unwrap_or_default(),
         chance_accuracy: synthetic.then(synthetic::chance_accuracy),
+        bad_examples: skipped + trainer.encoder.bad_examples(),
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Conversation, ImageSource, SftExample};
+use crate::dataset::{Conversation, ImageSource, OnBadExample, SftExample};
 use crate::error::{DataError, Result};
 use crate::processor::{
     stack_pixels, Message, PaddingSide, PixelValues, ProcessedImage, Processor,
@@ -124,8 +124,11 @@ pub struct SftCollator {
     pub processor: Processor,
     /// Settings.
     pub config: CollatorConfig,
+    /// What to do with an example that cannot be encoded (set from the job's `[dataset]`).
+    pub on_bad_example: OnBadExample,
     image_token_ids: HashSet<u32>,
     skipped: AtomicUsize,
+    bad: std::sync::Mutex<HashSet<String>>,
 }
 
 impl SftCollator {
@@ -148,14 +151,52 @@ impl SftCollator {
         Self {
             processor,
             config,
+            on_bad_example: OnBadExample::Error,
             image_token_ids: ids,
             skipped: AtomicUsize::new(0),
+            bad: Default::default(),
         }
     }
 
     /// Samples dropped so far because their images did not fit `max_length`.
     pub fn skipped(&self) -> usize {
         self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Distinct examples left out so far because they could not be encoded
+    /// (`on_bad_example = skip`; an example met again in a later epoch counts once).
+    pub fn bad_examples(&self) -> usize {
+        self.bad.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    /// An example's encoding, its failure named by the example's origin; under
+    /// [`OnBadExample::Skip`] a failure is counted and logged and gives `None`. Limits
+    /// (`too_long`) have their own setting and are not bad examples.
+    pub fn encode_or_skip<T>(&self, origin: &str, encoded: Result<Option<T>>) -> Result<Option<T>> {
+        match encoded {
+            Ok(e) => Ok(e),
+            Err(e @ DataError::Sample { .. }) => Err(e),
+            Err(e) => {
+                let e = DataError::BadExample {
+                    origin: origin.to_string(),
+                    source: Box::new(e),
+                };
+                match self.on_bad_example {
+                    OnBadExample::Error => Err(e),
+                    OnBadExample::Skip => {
+                        let first_time = self
+                            .bad
+                            .lock()
+                            .map(|mut b| b.insert(origin.to_string()))
+                            .unwrap_or(true);
+                        if first_time {
+                            tracing::warn!(error = %e, "bad example skipped");
+                        }
+                        Ok(None)
+                    }
+                }
+            }
+        }
     }
 
     /// Ids of the image-layout tokens (never labelled).
@@ -188,16 +229,12 @@ impl SftCollator {
         let prompt_text = self.processor.apply_chat_template(prompt, true)?;
         let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
         let full = self.processor.apply_chat_template(&all, false)?;
-        let completion_text =
-            full.strip_prefix(prompt_text.as_str())
-                .ok_or_else(|| {
-                    DataError::Sample {
-                origin: origin.into(),
-                message:
-                    "the chat template renders the prompt differently inside the full conversation"
-                        .into(),
-            }
-                })?;
+        // Not a `Sample` error (those are limits): the example itself is unusable.
+        let completion_text = full.strip_prefix(prompt_text.as_str()).ok_or_else(|| {
+            DataError::Template(format!(
+                "{origin}: the chat template renders the prompt differently inside the full conversation"
+            ))
+        })?;
         Ok((prompt_text, completion_text.to_string()))
     }
 
@@ -440,7 +477,7 @@ impl crate::loader::BatchEncoder<SftExample> for SftCollator {
     fn encode_batch(&self, examples: &[(usize, &SftExample)]) -> Result<TrainBatch> {
         let mut encoded = Vec::with_capacity(examples.len());
         for (index, example) in examples {
-            if let Some(e) = self.encode(example)? {
+            if let Some(e) = self.encode_or_skip(&example.origin, self.encode(example))? {
                 encoded.push((*index, e));
             }
         }

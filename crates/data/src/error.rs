@@ -66,6 +66,15 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// An example that cannot be encoded (an image that does not decode, a conversation the
+    /// template cannot render), with the dataset file and row it came from.
+    #[error("example {origin}: {source}")]
+    BadExample {
+        /// Dataset file and row.
+        origin: String,
+        /// What is wrong.
+        source: Box<DataError>,
+    },
     /// Text and images do not agree (number of `<image>` markers vs images, ...).
     #[error("{0}")]
     Mismatch(String),

@@ -18,8 +18,8 @@ pub mod processor;
 
 pub use collate::{CollatorConfig, EncodedExample, SftCollator, TooLong, TrainBatch, IGNORE_INDEX};
 pub use dataset::{
-    Conversation, DatasetFormat, DatasetSource, FormatKind, ImageSource, PreferenceExample,
-    SftExample,
+    Conversation, DatasetFormat, DatasetSource, FormatKind, ImageSource, Loaded, OnBadExample,
+    PreferenceExample, SftExample,
 };
 pub use error::{DataError, Result};
 pub use loader::{epoch_batches, BatchEncoder, LoaderConfig};

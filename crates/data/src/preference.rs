@@ -95,7 +95,8 @@ impl BatchEncoder<PreferenceExample> for PreferenceCollator {
     fn encode_batch(&self, examples: &[(usize, &PreferenceExample)]) -> Result<PreferenceBatch> {
         let mut pairs = Vec::with_capacity(examples.len());
         for (index, example) in examples {
-            if let Some(p) = self.encode(example, *index)? {
+            let encoded = self.encode(example, *index);
+            if let Some(p) = self.sft.encode_or_skip(&example.origin, encoded)? {
                 pairs.push(p);
             }
         }

@@ -137,6 +137,7 @@ impl Row<'_> {
         let mut out = Vec::new();
         for (i, c) in list.into_iter().enumerate() {
             if let Some(img) = one(c, i)? {
+                img.check_header().map_err(|e| self.err(e.to_string()))?;
                 out.push(img);
             }
         }

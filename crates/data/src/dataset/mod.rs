@@ -43,6 +43,36 @@ impl ImageSource {
         }
     }
 
+    /// Reads the image's header (format and size) without decoding the pixels: the cheap
+    /// check at load time that catches files that are no image at all. A file whose pixel data
+    /// is broken still fails later, in [`ImageSource::load`].
+    pub fn check_header(&self) -> Result<()> {
+        let unreadable = |e: &dyn std::fmt::Display| DataError::Image {
+            source_name: self.describe(),
+            message: format!("cannot decode image: {e}"),
+        };
+        let dims = match self {
+            Self::Bytes { bytes, .. } => image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+                .with_guessed_format()
+                .map_err(|e| unreadable(&e))?
+                .into_dimensions(),
+            Self::Path(path) => image::ImageReader::open(path)
+                .map_err(|source| DataError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+                .with_guessed_format()
+                .map_err(|e| unreadable(&e))?
+                .into_dimensions(),
+            Self::Image(_) => return Ok(()),
+        };
+        match dims {
+            Ok((w, h)) if w > 0 && h > 0 => Ok(()),
+            Ok((w, h)) => Err(unreadable(&format!("the image is {w}x{h} pixels"))),
+            Err(e) => Err(unreadable(&e)),
+        }
+    }
+
     /// A short description for errors.
     pub fn describe(&self) -> String {
         match self {
@@ -91,6 +121,52 @@ pub struct PreferenceExample {
     pub rejected: Vec<Message>,
     /// Where it came from.
     pub origin: String,
+}
+
+/// What to do with an example that cannot be used (a row that does not parse, an image that
+/// does not decode): `error` (the default) stops with an error naming the file and row,
+/// `skip` leaves it out, counts it and logs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadExample {
+    /// Stop with the example's error.
+    #[default]
+    Error,
+    /// Leave the example out and count it.
+    Skip,
+}
+
+/// Examples read from a dataset, with the bad ones left out under [`OnBadExample::Skip`].
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// The usable examples, in file order.
+    pub examples: Vec<T>,
+    /// Why each skipped row was skipped (each names its file and row).
+    pub skipped: Vec<DataError>,
+}
+
+impl<T> Loaded<T> {
+    /// Keeps `item`, or under `Skip` records why it is bad; under `Error` returns the error.
+    pub(crate) fn push(&mut self, item: Result<T>, on_bad: OnBadExample) -> Result<()> {
+        match (item, on_bad) {
+            (Ok(example), _) => self.examples.push(example),
+            (Err(e), OnBadExample::Skip) => {
+                tracing::warn!(error = %e, "bad example skipped");
+                self.skipped.push(e);
+            }
+            (Err(e), OnBadExample::Error) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+impl<T> Default for Loaded<T> {
+    fn default() -> Self {
+        Self {
+            examples: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
 }
 
 /// Checks that a dataset is not empty, naming its source.
@@ -187,37 +263,37 @@ fn collect_files(dir: &std::path::Path, ext: &str, out: &mut Vec<PathBuf>) -> Re
     Ok(())
 }
 
-/// Loads supervised examples from a JSONL file, parquet file(s) or a Hub dataset.
+/// Loads supervised examples from a JSONL file, parquet file(s) or a Hub dataset; bad rows
+/// are errors naming file and row, or, with [`OnBadExample::Skip`], left out and listed.
 pub fn load_sft(
     source: &DatasetSource,
     format: &DatasetFormat,
     split: &str,
-) -> Result<Vec<SftExample>> {
-    let examples = match source {
-        DatasetSource::Path(p) if p.extension().is_some_and(|e| e == "jsonl" || e == "json") => {
-            jsonl::load_sft(p, format)?
-        }
-        DatasetSource::Synthetic => {
-            return Err(DataError::Dataset {
-                source_name: "synthetic".into(),
-                message: "synthetic data is generated with dataset::synthetic".into(),
-            })
-        }
-        other => parquet::load_sft(&other.parquet_files(split)?, format)?,
-    };
-    ensure_not_empty(&examples, &format!("{source:?}"))?;
-    Ok(examples)
+    on_bad: OnBadExample,
+) -> Result<Loaded<SftExample>> {
+    load_any(source, split, on_bad, |row| row.to_sft(format))
 }
 
-/// Loads preference examples from a JSONL file, parquet file(s) or a Hub dataset.
+/// Loads preference examples from a JSONL file, parquet file(s) or a Hub dataset (bad rows as
+/// [`load_sft`] treats them).
 pub fn load_preference(
     source: &DatasetSource,
     format: &DatasetFormat,
     split: &str,
-) -> Result<Vec<PreferenceExample>> {
-    let examples = match source {
+    on_bad: OnBadExample,
+) -> Result<Loaded<PreferenceExample>> {
+    load_any(source, split, on_bad, |row| row.to_preference(format))
+}
+
+fn load_any<T>(
+    source: &DatasetSource,
+    split: &str,
+    on_bad: OnBadExample,
+    convert: impl Fn(&format::Row) -> Result<T>,
+) -> Result<Loaded<T>> {
+    let loaded = match source {
         DatasetSource::Path(p) if p.extension().is_some_and(|e| e == "jsonl" || e == "json") => {
-            jsonl::load_preference(p, format)?
+            jsonl::load_rows(p, on_bad, convert)?
         }
         DatasetSource::Synthetic => {
             return Err(DataError::Dataset {
@@ -225,8 +301,18 @@ pub fn load_preference(
                 message: "synthetic data is generated with dataset::synthetic".into(),
             })
         }
-        other => parquet::load_preference(&other.parquet_files(split)?, format)?,
+        other => parquet::load_rows(&other.parquet_files(split)?, on_bad, convert)?,
     };
-    ensure_not_empty(&examples, &format!("{source:?}"))?;
-    Ok(examples)
+    if loaded.examples.is_empty() && !loaded.skipped.is_empty() {
+        return Err(DataError::Dataset {
+            source_name: format!("{source:?}"),
+            message: format!(
+                "every row is bad ({} skipped); the first: {}",
+                loaded.skipped.len(),
+                loaded.skipped[0]
+            ),
+        });
+    }
+    ensure_not_empty(&loaded.examples, &format!("{source:?}"))?;
+    Ok(loaded)
 }

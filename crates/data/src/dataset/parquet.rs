@@ -9,7 +9,7 @@ use parquet::record::{Field, List, Map, Row as PqRow};
 
 use crate::dataset::cell::Cell;
 use crate::dataset::format::{DatasetFormat, Row};
-use crate::dataset::{PreferenceExample, SftExample};
+use crate::dataset::{Loaded, OnBadExample, PreferenceExample, SftExample};
 use crate::error::{DataError, Result};
 
 fn field_to_cell(f: &Field) -> Cell {
@@ -61,6 +61,17 @@ fn row_to_map(row: &PqRow) -> BTreeMap<String, Cell> {
 
 /// Reads every row of a parquet file.
 pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
+    let mut rows = Loaded::default();
+    for_each_row(path, |row| rows.push(row, OnBadExample::Error))?;
+    Ok(rows.examples)
+}
+
+/// Calls `f` with every row of `path` (or why it cannot be read). A file that is not readable
+/// parquet at all is an error whatever `f` does.
+fn for_each_row(
+    path: &Path,
+    mut f: impl FnMut(Result<(String, BTreeMap<String, Cell>)>) -> Result<()>,
+) -> Result<()> {
     let err = |message: String| DataError::Dataset {
         source_name: path.display().to_string(),
         message,
@@ -74,42 +85,50 @@ pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
     let iter = reader
         .get_row_iter(None)
         .map_err(|e| err(format!("cannot read rows: {e}")))?;
-    let mut rows = Vec::new();
     for (i, row) in iter.enumerate() {
-        let row = row.map_err(|e| err(format!("row {i}: {e}")))?;
-        rows.push((format!("{}:row {i}", path.display()), row_to_map(&row)));
+        let origin = format!("{}:row {i}", path.display());
+        f(row
+            .map(|row| (origin.clone(), row_to_map(&row)))
+            .map_err(|e| DataError::Dataset {
+                source_name: origin,
+                message: format!("cannot read the row: {e}"),
+            }))?;
     }
-    Ok(rows)
+    Ok(())
 }
 
-/// Reads supervised examples from parquet files.
+/// Reads supervised examples from parquet files (any bad row is an error).
 pub fn load_sft(paths: &[std::path::PathBuf], format: &DatasetFormat) -> Result<Vec<SftExample>> {
-    load_rows(paths, |row| row.to_sft(format))
+    Ok(load_rows(paths, OnBadExample::Error, |row| row.to_sft(format))?.examples)
 }
 
-/// Reads preference examples from parquet files.
+/// Reads preference examples from parquet files (any bad row is an error).
 pub fn load_preference(
     paths: &[std::path::PathBuf],
     format: &DatasetFormat,
 ) -> Result<Vec<PreferenceExample>> {
-    load_rows(paths, |row| row.to_preference(format))
+    Ok(load_rows(paths, OnBadExample::Error, |row| row.to_preference(format))?.examples)
 }
 
-/// Every row of every file, converted by `convert`.
-fn load_rows<T>(
+/// Every row of every file, converted by `convert`; bad rows handled as `on_bad` says.
+pub(crate) fn load_rows<T>(
     paths: &[std::path::PathBuf],
+    on_bad: OnBadExample,
     convert: impl Fn(&Row) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut out = Vec::new();
+) -> Result<Loaded<T>> {
+    let mut out = Loaded::default();
     for path in paths {
         let base = path.parent().unwrap_or(Path::new("."));
-        for (origin, cells) in read_rows(path)? {
-            out.push(convert(&Row {
-                cells: &cells,
-                origin,
-                base_dir: base,
-            })?);
-        }
+        for_each_row(path, |row| {
+            let example = row.and_then(|(origin, cells)| {
+                convert(&Row {
+                    cells: &cells,
+                    origin,
+                    base_dir: base,
+                })
+            });
+            out.push(example, on_bad)
+        })?;
     }
     Ok(out)
 }
