@@ -56,9 +56,8 @@ impl ConfigDocument {
     pub fn parse_toml(path: &Path, text: &str) -> Result<Self> {
         let fail = |e: toml::de::Error| Error::Config(format!("{}: {e}", path.display()));
         let table: toml::Table = toml::from_str(text).map_err(fail)?;
-        let value = serde_json::to_value(table).map_err(|e| {
-            Error::Config(format!("{}: unsupported value: {e}", path.display()))
-        })?;
+        let value = serde_json::to_value(table)
+            .map_err(|e| Error::Config(format!("{}: unsupported value: {e}", path.display())))?;
         let spanned = toml::de::DeTable::parse(text).map_err(fail)?;
         let mut lines = HashMap::new();
         toml_lines(spanned.get_ref(), "", text, &mut lines);

@@ -42,7 +42,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            let interrupted = matches!(
+                e.downcast_ref::<vlmtune::Error>(),
+                Some(vlmtune::Error::Train(
+                    vlmtune::train::TrainError::Interrupted { .. }
+                ))
+            );
+            // 130: the shell's status for a run ended by Ctrl-C.
+            std::process::ExitCode::from(if interrupted { 130 } else { 1 })
         }
     }
 }
@@ -58,6 +65,10 @@ fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     vlmtune::backend::set_cpu_threads(cli.threads)?;
+    if matches!(cli.command, Command::Sft(_) | Command::Dpo(_)) {
+        // Ctrl-C / SIGTERM: finish the step, checkpoint, exit; a second one exits at once.
+        vlmtune::train::interrupt::install()?;
+    }
     match cli.command {
         Command::Dpo(args) => {
             let config = args.job_config()?;

@@ -87,7 +87,12 @@ fn sft_rows_error_naming_file_and_row_or_are_skipped_and_counted() {
     assert_eq!(origins, ["1", "5", "6"]);
     let why: Vec<String> = loaded.skipped.iter().map(|e| e.to_string()).collect();
     assert_eq!(why.len(), 4, "{why:?}");
-    for (line, what) in [(2, "invalid JSON"), (3, "completion"), (4, "broken.png"), (7, "JSON")] {
+    for (line, what) in [
+        (2, "invalid JSON"),
+        (3, "completion"),
+        (4, "broken.png"),
+        (7, "JSON"),
+    ] {
         let entry = &why[[2, 3, 4, 7].iter().position(|l| *l == line).unwrap()];
         assert!(
             entry.contains(&format!("{}:{line}", path.display())) && entry.contains(what),
@@ -168,5 +173,8 @@ fn a_job_with_bad_rows_fails_by_default_and_reports_what_it_skipped() {
     config.dataset.on_bad_example = OnBadExample::Skip;
     let report = run_sft::<vlmtune::backend::CpuBackend>(&config, Default::default()).unwrap();
     assert_eq!(report.losses.len(), 1);
-    assert_eq!(report.bad_examples, 5, "4 rows at load, 1 image at encoding");
+    assert_eq!(
+        report.bad_examples, 5,
+        "4 rows at load, 1 image at encoding"
+    );
 }

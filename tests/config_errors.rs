@@ -15,11 +15,26 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 /// `(section, a valid key written before the typo, the typo, what should be suggested)`.
 const SFT_SECTIONS: [(&str, &str, &str, &str); 7] = [
     ("model", "name = \"tiny\"", "nme", "name"),
-    ("dataset", "source = \"synthetic\"", "num_trian", "num_train"),
+    (
+        "dataset",
+        "source = \"synthetic\"",
+        "num_trian",
+        "num_train",
+    ),
     ("lora", "r = 4", "lora_alph", "lora_alpha"),
     ("trainable", "text = true", "lm_heads", "lm_head"),
-    ("quant", "load_in_4bit = true", "bnb_4bit_quant_typ", "bnb_4bit_quant_type"),
-    ("collator", "max_length = 64", "completion_only_los", "completion_only_loss"),
+    (
+        "quant",
+        "load_in_4bit = true",
+        "bnb_4bit_quant_typ",
+        "bnb_4bit_quant_type",
+    ),
+    (
+        "collator",
+        "max_length = 64",
+        "completion_only_los",
+        "completion_only_loss",
+    ),
     ("training", "max_steps = 1", "learning_rat", "learning_rate"),
 ];
 
@@ -63,7 +78,11 @@ fn dpo_sections_and_top_level_keys() {
     let err = DpoJobConfig::from_file(&path).unwrap_err().to_string();
     check(&err, &path, 1, "eval_max_new_token", "eval_max_new_tokens");
     check(&err, &path, 4, "los_type", "loss_type");
-    let path = write(dir.path(), "dpo.yml", "training:\n  max_steps: 2\ndpo:\n  betta: 0.1\n");
+    let path = write(
+        dir.path(),
+        "dpo.yml",
+        "training:\n  max_steps: 2\ndpo:\n  betta: 0.1\n",
+    );
     let err = DpoJobConfig::from_file(&path).unwrap_err().to_string();
     check(&err, &path, 4, "betta", "beta");
     // A DPO-only section is unknown to SFT.

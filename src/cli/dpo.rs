@@ -54,6 +54,9 @@ pub struct DpoArgs {
     /// Gradient checkpointing and batch-size planning.
     #[command(flatten)]
     pub memory: crate::cli::batch::MemoryArgs,
+    /// Resuming, bad examples, non-finite steps.
+    #[command(flatten)]
+    pub run_control: crate::cli::run_control::RunControlArgs,
 }
 
 impl DpoArgs {
@@ -98,6 +101,7 @@ impl DpoArgs {
         c.dpo.precompute_ref_log_probs |= self.precompute_ref_log_probs;
         c.dpo.shared_prefix &= !self.no_shared_prefix;
         c.training.progress_bar &= !self.no_progress;
+        self.run_control.apply(&mut c.training, &mut c.dataset);
         self.memory.apply(&mut c.training);
         Ok(c)
     }

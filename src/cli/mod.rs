@@ -7,6 +7,7 @@ pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod quant;
+pub mod run_control;
 pub mod sft;
 
 /// The summary line of examples left out by `on_bad_example = "skip"` (empty when none were).

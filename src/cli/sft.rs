@@ -67,9 +67,9 @@ pub struct SftArgs {
     /// bf16 compute (CUDA).
     #[arg(long)]
     pub bf16: bool,
-    /// Resume from a checkpoint folder, or `latest`.
-    #[arg(long)]
-    pub resume_from_checkpoint: Option<String>,
+    /// Resuming, bad examples, non-finite steps.
+    #[command(flatten)]
+    pub run_control: crate::cli::run_control::RunControlArgs,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -173,10 +173,8 @@ impl SftArgs {
         if let Some(v) = self.eval_steps {
             t.eval_steps = Some(v);
         }
-        if self.resume_from_checkpoint.is_some() {
-            t.resume_from_checkpoint = self.resume_from_checkpoint.clone();
-        }
         self.memory.apply(t);
+        self.run_control.apply(t, &mut c.dataset);
         t.bf16 |= self.bf16;
         t.progress_bar &= !self.no_progress;
         if let Some(n) = self.num_train {

@@ -18,8 +18,8 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned + serde::Serialize>(
     path: &Path,
     schema: &T,
 ) -> Result<T> {
-    let schema = serde_json::to_value(schema)
-        .map_err(|e| Error::Config(format!("config schema: {e}")))?;
+    let schema =
+        serde_json::to_value(schema).map_err(|e| Error::Config(format!("config schema: {e}")))?;
     ConfigDocument::read(path)?.deserialize(&with_peft_lora_fields(schema))
 }
 
@@ -51,12 +51,7 @@ pub(crate) fn load_splits<T>(
     config: &sft::DatasetSection,
     source: &DatasetSource,
     format: &DatasetFormat,
-    load: impl Fn(
-        &DatasetSource,
-        &DatasetFormat,
-        &str,
-        OnBadExample,
-    ) -> vlmtune_data::Result<Loaded<T>>,
+    load: impl Fn(&DatasetSource, &DatasetFormat, &str, OnBadExample) -> vlmtune_data::Result<Loaded<T>>,
 ) -> Result<Splits<T>> {
     let on_bad = config.on_bad_example;
     let mut train = load(source, format, &config.split, on_bad)?;

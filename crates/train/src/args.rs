@@ -64,6 +64,9 @@ fn d_seed() -> u64 {
 fn d_checkpoint_every() -> usize {
     1
 }
+fn d_max_nonfinite() -> usize {
+    10
+}
 fn d_workers() -> usize {
     2
 }
@@ -159,6 +162,11 @@ pub struct TrainingArgs {
     /// A checkpoint folder to resume from, or `true`/`"latest"` for the newest in `output_dir`.
     #[serde(default)]
     pub resume_from_checkpoint: Option<String>,
+    /// Stop (with a checkpoint of the last good weights) after this many optimizer steps in a
+    /// row with a non-finite loss or gradient; such micro-batches are never applied (0: never
+    /// stop).
+    #[serde(default = "d_max_nonfinite")]
+    pub max_nonfinite_steps: usize,
     /// Background data threads.
     #[serde(default = "d_workers")]
     pub dataloader_num_workers: usize,

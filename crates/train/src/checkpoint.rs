@@ -56,22 +56,20 @@ pub fn save_checkpoint(
     let name = format!("checkpoint-{}", state.global_step);
     let final_dir = root.join(&name);
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    let written =
+        write_checkpoint_files(&tmp, &final_dir, state, trainable, optimizer, write_files);
+    if let Err(e) = written {
+        // Best effort: a half-written folder is never resumed from (no state file, a dot
+        // name), but it should not fill the disk either.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(TrainError::Checkpoint {
+            path: final_dir,
+            message: format!(
+                "could not be written ({e}); earlier checkpoints in {} are untouched",
+                root.display()
+            ),
+        });
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    if !trainable.is_empty() {
-        write_safetensors(&tmp.join(TRAINABLE_FILE), trainable, SaveDtype::F32, None)?;
-    }
-    write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer, SaveDtype::F32, None)?;
-    write_files(&tmp)?;
-    let json =
-        serde_json::to_string_pretty(state).map_err(|e| TrainError::Readback(e.to_string()))?;
-    write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     if let Some(limit) = save_total_limit {
         let mut all = list_checkpoints(root)?;
         while all.len() > limit.max(1) {
@@ -80,6 +78,33 @@ pub fn save_checkpoint(
         }
     }
     Ok(final_dir)
+}
+
+/// Fills `tmp` and renames it to `final_dir` (replacing a checkpoint of the same step).
+fn write_checkpoint_files(
+    tmp: &Path,
+    final_dir: &Path,
+    state: &TrainerState,
+    trainable: &[NamedTensor],
+    optimizer: &[NamedTensor],
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).map_err(io(tmp))?;
+    }
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+    if !trainable.is_empty() {
+        write_safetensors(&tmp.join(TRAINABLE_FILE), trainable, SaveDtype::F32, None)?;
+    }
+    write_safetensors(&tmp.join(OPTIMIZER_FILE), optimizer, SaveDtype::F32, None)?;
+    write_files(tmp)?;
+    let json =
+        serde_json::to_string_pretty(state).map_err(|e| TrainError::Readback(e.to_string()))?;
+    write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(final_dir).map_err(io(final_dir))?;
+    }
+    std::fs::rename(tmp, final_dir).map_err(io(final_dir))
 }
 
 /// `(step, folder)` of every complete checkpoint under `root`, oldest first.

@@ -52,13 +52,23 @@ pub enum TrainError {
     /// A value could not be read back from the device.
     #[error("could not read a value back from the device: {0}")]
     Readback(String),
-    /// Training diverged.
-    #[error("the loss became {value} at step {step}")]
+    /// Too many optimizer steps in a row had non-finite losses or gradients.
+    #[error("{steps} steps in a row up to step {step} had a non-finite loss or gradient (max_nonfinite_steps); the last good weights are saved in {}", checkpoint.display())]
     NonFinite {
-        /// The optimizer step.
+        /// How many steps in a row.
+        steps: usize,
+        /// The last of them.
         step: usize,
-        /// The loss value.
-        value: f64,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
+    /// Training was interrupted (SIGINT / SIGTERM) and checkpointed.
+    #[error("interrupted after step {step}; checkpoint saved to {}; resume with `--resume-from-checkpoint true` (the same command and output_dir)", checkpoint.display())]
+    Interrupted {
+        /// The last completed optimizer step.
+        step: usize,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
     },
 }
 

@@ -14,6 +14,7 @@ pub mod dpo;
 pub mod error;
 pub mod eval;
 pub mod feature_cache;
+pub mod interrupt;
 pub mod memory_plan;
 pub mod metrics;
 pub mod optim;

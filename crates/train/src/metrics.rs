@@ -1,10 +1,13 @@
 //! Training logs: `metrics.jsonl` (one JSON record per log step, TRL's metric names) and a
 //! progress bar on stderr.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 
 use crate::error::{Result, TrainError};
 
@@ -93,5 +96,58 @@ impl MetricsLog {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+/// Metrics gathered between two log lines.
+#[derive(Default)]
+pub(crate) struct Window {
+    /// Sum of the step losses.
+    pub loss: f64,
+    /// Steps summed.
+    pub steps: usize,
+    /// Non-padding tokens seen.
+    pub tokens: usize,
+    metrics: BTreeMap<&'static str, (f64, usize)>,
+    start: Option<Instant>,
+}
+
+impl Window {
+    pub fn add(&mut self, metrics: &[(&'static str, f64)]) {
+        self.start.get_or_insert_with(Instant::now);
+        for (k, v) in metrics {
+            let e = self.metrics.entry(k).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+
+    pub fn record(
+        &self,
+        step: usize,
+        epoch: f64,
+        grad_norm: f64,
+        lr: f64,
+        num_tokens: u64,
+    ) -> serde_json::Value {
+        let secs = self
+            .start
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+            .max(1e-9);
+        let mut map = serde_json::Map::new();
+        map.insert("step".into(), json!(step));
+        map.insert("epoch".into(), json!(epoch));
+        // No step applied (every micro-batch non-finite): no loss to report.
+        let loss = (self.steps > 0).then(|| self.loss / self.steps as f64);
+        map.insert("loss".into(), json!(loss));
+        map.insert("grad_norm".into(), json!(grad_norm));
+        map.insert("learning_rate".into(), json!(lr));
+        for (k, (sum, n)) in &self.metrics {
+            map.insert((*k).into(), json!(sum / (*n).max(1) as f64));
+        }
+        map.insert("num_tokens".into(), json!(num_tokens));
+        map.insert("tokens_per_second".into(), json!(self.tokens as f64 / secs));
+        serde_json::Value::Object(map)
     }
 }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -20,8 +19,8 @@ use crate::args::TrainingArgs;
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Result, TrainError};
 use crate::memory_plan::{self, MemoryPlan, StepShape};
-use crate::metrics::MetricsLog;
-use crate::optim::{accumulate, clip_grad_norm, loss_grads, AdamW, TensorMap};
+use crate::metrics::{MetricsLog, Window};
+use crate::optim::{accumulate, clip_grad_norm, global_norm, loss_grads, AdamW, TensorMap};
 use crate::schedule::lr_lambda;
 
 /// The accumulated batch a micro-batch belongs to.
@@ -248,7 +247,8 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
 
     /// The loss and the summed gradients of one optimizer step over `micro` (its
     /// micro-batches), seeded as training at the current step seeds them; with
-    /// `gradient_checkpointing`, through a [`LayerTape`]. Does not update anything.
+    /// `gradient_checkpointing`, through a [`LayerTape`]. A micro-batch whose loss or gradient
+    /// norm is not finite is left out (listed in `nonfinite`). Does not update anything.
     pub fn step_gradients(&mut self, micro: &[BatchOf<AB, O>]) -> Result<StepGradients<AB>> {
         let accumulation = Accumulation {
             items: micro.iter().map(|b| self.objective.items(b)).sum(),
@@ -259,6 +259,8 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             grads: TensorMap::new(),
             metrics: Vec::new(),
             tokens: 0,
+            nonfinite: Vec::new(),
+            applied: 0,
         };
         for (m, batch) in micro.iter().enumerate() {
             let seed = self.args.seed ^ ((self.state.global_step as u64) << 8) ^ m as u64;
@@ -277,12 +279,21 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             let Some(loss) = loss else {
                 continue;
             };
-            out.loss += scalar(loss.loss.clone())?;
+            let value = scalar(loss.loss.clone())?;
+            if !value.is_finite() {
+                out.nonfinite.push(value);
+                continue;
+            }
+            let grads = loss_grads(&self.model, loss.loss, tape.as_deref());
+            // An overflow can stay out of the loss and still reach the gradients.
+            if !global_norm(&grads)?.is_finite() {
+                out.nonfinite.push(value);
+                continue;
+            }
+            out.loss += value;
             out.metrics.push(loss.metrics);
-            accumulate(
-                &mut out.grads,
-                loss_grads(&self.model, loss.loss, tape.as_deref()),
-            );
+            out.applied += 1;
+            accumulate(&mut out.grads, grads);
         }
         Ok(out)
     }
@@ -383,6 +394,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         )?;
         let mut step_losses = Vec::new();
         let mut window = Window::default();
+        let mut nonfinite_in_a_row = 0;
         'epochs: while self.state.global_step < total {
             let mut batches_iter = epoch_batches(
                 self.train_set.clone(),
@@ -414,27 +426,58 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                     mut grads,
                     metrics,
                     tokens,
+                    nonfinite,
+                    applied,
                 } = self.step_gradients(&micro)?;
                 window.tokens += tokens;
                 self.state.num_tokens += tokens as u64;
                 for m in &metrics {
                     window.add(m);
                 }
-                if !step_loss.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: self.state.global_step + 1,
-                        value: step_loss,
-                    });
-                }
-                let grad_norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
-                self.model = self
-                    .optimizer
-                    .update::<AB, _>(self.model.clone(), grads, lr);
+                let grad_norm = if applied > 0 {
+                    let norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
+                    self.model = self
+                        .optimizer
+                        .update::<AB, _>(self.model.clone(), grads, lr);
+                    norm
+                } else {
+                    f64::NAN
+                };
                 self.state.global_step += 1;
                 self.state.batch_in_epoch = batches_iter.position();
-                step_losses.push(step_loss);
-                window.loss += step_loss;
-                window.steps += 1;
+                if nonfinite.is_empty() {
+                    nonfinite_in_a_row = 0;
+                } else {
+                    nonfinite_in_a_row += 1;
+                    tracing::warn!(
+                        step = self.state.global_step,
+                        losses = ?nonfinite,
+                        left_out = nonfinite.len(),
+                        of = micro.len(),
+                        in_a_row = nonfinite_in_a_row,
+                        "micro-batches with a non-finite loss or gradient were not applied"
+                    );
+                }
+                match nonfinite.first() {
+                    // Nothing applied: the step has no loss to average into the log.
+                    Some(&first) if applied == 0 => step_losses.push(first),
+                    _ => {
+                        step_losses.push(step_loss);
+                        window.loss += step_loss;
+                        window.steps += 1;
+                    }
+                }
+                if self.args.max_nonfinite_steps > 0
+                    && nonfinite_in_a_row >= self.args.max_nonfinite_steps
+                {
+                    log.finish();
+                    let checkpoint = self.save_checkpoint()?;
+                    return Err(TrainError::NonFinite {
+                        steps: nonfinite_in_a_row,
+                        step: self.state.global_step,
+                        checkpoint,
+                    });
+                }
                 let step = self.state.global_step;
                 log.step(step);
                 let epoch_f = self.state.epoch as f64
@@ -454,7 +497,8 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 {
                     self.log_eval(&mut log, step, epoch_f)?;
                 }
-                if self.args.save_steps > 0 && step.is_multiple_of(self.args.save_steps) {
+                let saved = self.args.save_steps > 0 && step.is_multiple_of(self.args.save_steps);
+                if saved {
                     self.save_checkpoint()?;
                 }
                 if step >= total {
@@ -463,6 +507,16 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 if self.stop_after.is_some_and(|s| step >= s) {
                     log.finish();
                     return Ok(step_losses);
+                }
+                if crate::interrupt::requested() {
+                    crate::interrupt::clear();
+                    log.finish();
+                    let checkpoint = if saved {
+                        checkpoint::resolve_checkpoint("latest", &self.args.output_dir)?
+                    } else {
+                        self.save_checkpoint()?
+                    };
+                    return Err(TrainError::Interrupted { step, checkpoint });
                 }
             }
             self.state.epoch += 1;
@@ -515,52 +569,10 @@ pub struct StepGradients<AB: AutodiffBackend> {
     pub metrics: Vec<Vec<(&'static str, f64)>>,
     /// Non-padding tokens seen.
     pub tokens: usize,
-}
-
-/// Metrics gathered between two log lines.
-#[derive(Default)]
-struct Window {
-    loss: f64,
-    steps: usize,
-    tokens: usize,
-    metrics: BTreeMap<&'static str, (f64, usize)>,
-    start: Option<Instant>,
-}
-
-impl Window {
-    fn add(&mut self, metrics: &[(&'static str, f64)]) {
-        self.start.get_or_insert_with(Instant::now);
-        for (k, v) in metrics {
-            let e = self.metrics.entry(k).or_default();
-            e.0 += v;
-            e.1 += 1;
-        }
-    }
-
-    fn record(
-        &self,
-        step: usize,
-        epoch: f64,
-        grad_norm: f64,
-        lr: f64,
-        num_tokens: u64,
-    ) -> serde_json::Value {
-        let secs = self
-            .start
-            .map(|s| s.elapsed().as_secs_f64())
-            .unwrap_or(0.0)
-            .max(1e-9);
-        let mut map = serde_json::Map::new();
-        map.insert("step".into(), json!(step));
-        map.insert("epoch".into(), json!(epoch));
-        map.insert("loss".into(), json!(self.loss / self.steps.max(1) as f64));
-        map.insert("grad_norm".into(), json!(grad_norm));
-        map.insert("learning_rate".into(), json!(lr));
-        for (k, (sum, n)) in &self.metrics {
-            map.insert((*k).into(), json!(sum / (*n).max(1) as f64));
-        }
-        map.insert("num_tokens".into(), json!(num_tokens));
-        map.insert("tokens_per_second".into(), json!(self.tokens as f64 / secs));
-        serde_json::Value::Object(map)
-    }
+    /// Losses of the micro-batches left out because their loss or gradients were not
+    /// finite (their gradients are not in `grads`; a loss listed here may be finite when only
+    /// its gradients overflowed).
+    pub nonfinite: Vec<f64>,
+    /// Micro-batches whose gradients are in `grads`.
+    pub applied: usize,
 }
