@@ -42,9 +42,14 @@ impl ConfigDocument {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as the format `path`'s extension names.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => Self::parse_yaml(path, &text),
-            Some("toml") => Self::parse_toml(path, &text),
+            Some("yaml" | "yml") => Self::parse_yaml(path, text),
+            Some("toml") => Self::parse_toml(path, text),
             _ => Err(Error::Config(format!(
                 "{}: a config file must end in .toml, .yaml or .yml",
                 path.display()

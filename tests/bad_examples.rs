@@ -178,3 +178,23 @@ fn a_job_with_bad_rows_fails_by_default_and_reports_what_it_skipped() {
         "4 rows at load, 1 image at encoding"
     );
 }
+
+#[test]
+fn parquet_rows_written_by_datasets_name_their_row() {
+    let path = fixture_path("data/chartqa_like.parquet");
+    let source = DatasetSource::Path(path.clone());
+    let format = vlmtune_data::FormatKind::ChartQa.format();
+    let err = load_sft(&source, &format, "train", OnBadExample::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{}:row 1", path.display())) && err.contains("decode"),
+        "{err}"
+    );
+    let loaded = load_sft(&source, &format, "train", OnBadExample::Skip).unwrap();
+    assert_eq!((loaded.examples.len(), loaded.skipped.len()), (2, 1));
+    let batch: Vec<(usize, _)> = loaded.examples.iter().enumerate().collect();
+    let encoded = collator().encode_batch(&batch).unwrap();
+    assert_eq!(encoded.batch_size, 2);
+    assert!(encoded.pixels.is_some());
+}

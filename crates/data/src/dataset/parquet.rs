@@ -87,12 +87,17 @@ fn for_each_row(
         .map_err(|e| err(format!("cannot read rows: {e}")))?;
     for (i, row) in iter.enumerate() {
         let origin = format!("{}:row {i}", path.display());
-        f(row
-            .map(|row| (origin.clone(), row_to_map(&row)))
-            .map_err(|e| DataError::Dataset {
-                source_name: origin,
-                message: format!("cannot read the row: {e}"),
-            }))?;
+        match row {
+            Ok(row) => f(Ok((origin, row_to_map(&row))))?,
+            Err(e) => {
+                // The decoder's position in the file is lost (it would report the same error
+                // for ever): the rest of the file is one bad stretch.
+                return f(Err(DataError::Dataset {
+                    source_name: origin,
+                    message: format!("cannot read the rows from here to the end of the file: {e}"),
+                }));
+            }
+        }
     }
     Ok(())
 }

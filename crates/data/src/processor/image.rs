@@ -354,6 +354,15 @@ impl ImageProcessor {
 /// JPEG goes through libjpeg-turbo's decoder (mozjpeg), the one Pillow uses, so decoded
 /// pixels are identical to `PIL.Image.open`'s; other decoders differ by up to 4 levels.
 pub fn decode_image(bytes: &[u8], origin: &str) -> Result<DynamicImage> {
+    let header = ::image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok());
+    if let Some((w, h)) = header {
+        if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+            return Err(too_many_pixels(origin, w.into(), h.into()));
+        }
+    }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         if let Some(img) = decode_jpeg_like_pillow(bytes) {
             return Ok(img);
@@ -365,12 +374,29 @@ pub fn decode_image(bytes: &[u8], origin: &str) -> Result<DynamicImage> {
     })
 }
 
+/// Pillow's decompression-bomb limit (`2 * Image.MAX_IMAGE_PIXELS`): larger images are refused
+/// before their pixels are allocated.
+pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+fn too_many_pixels(origin: &str, w: u64, h: u64) -> DataError {
+    DataError::Image {
+        source_name: origin.into(),
+        message: format!(
+            "{w}x{h} pixels is more than {MAX_IMAGE_PIXELS} (Pillow's decompression-bomb limit)"
+        ),
+    }
+}
+
 /// libjpeg-turbo decoding to RGB; `None` when it fails (corrupt data, CMYK...), in which case
 /// the caller falls back to the `image` crate and its error message.
 fn decode_jpeg_like_pillow(bytes: &[u8]) -> Option<DynamicImage> {
     // mozjpeg reports libjpeg errors by unwinding; catch them here.
     let decoded = std::panic::catch_unwind(|| -> std::io::Result<(usize, usize, Vec<u8>)> {
-        let mut rgb = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let header = mozjpeg::Decompress::new_mem(bytes)?;
+        if (header.width() as u64) * (header.height() as u64) > MAX_IMAGE_PIXELS {
+            return Err(std::io::Error::other("too many pixels"));
+        }
+        let mut rgb = header.rgb()?;
         let (width, height) = (rgb.width(), rgb.height());
         let pixels: Vec<[u8; 3]> = rgb.read_scanlines()?;
         rgb.finish()?;
