@@ -10,9 +10,7 @@ use crate::error::{DataError, Result};
 
 /// Parses every non-empty line of `path` into a row; errors name the line.
 pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
-    let mut rows = Loaded::default();
-    for_each_row(path, |row| rows.push(row, OnBadExample::Error))?;
-    Ok(rows.examples)
+    Loaded::all_or_error(|f| for_each_row(path, f))
 }
 
 /// Calls `f` with every non-empty line of `path` parsed into a row (or why it is not one).

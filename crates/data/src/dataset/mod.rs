@@ -146,6 +146,16 @@ pub struct Loaded<T> {
 }
 
 impl<T> Loaded<T> {
+    /// Everything `each` yields (it calls its argument once per item), stopping at the first
+    /// error.
+    pub(crate) fn all_or_error(
+        each: impl FnOnce(&mut dyn FnMut(Result<T>) -> Result<()>) -> Result<()>,
+    ) -> Result<Vec<T>> {
+        let mut out = Self::default();
+        each(&mut |item| out.push(item, OnBadExample::Error))?;
+        Ok(out.examples)
+    }
+
     /// Keeps `item`, or under `Skip` records why it is bad; under `Error` returns the error.
     pub(crate) fn push(&mut self, item: Result<T>, on_bad: OnBadExample) -> Result<()> {
         match (item, on_bad) {

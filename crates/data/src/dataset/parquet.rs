@@ -61,9 +61,7 @@ fn row_to_map(row: &PqRow) -> BTreeMap<String, Cell> {
 
 /// Reads every row of a parquet file.
 pub fn read_rows(path: &Path) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
-    let mut rows = Loaded::default();
-    for_each_row(path, |row| rows.push(row, OnBadExample::Error))?;
-    Ok(rows.examples)
+    Loaded::all_or_error(|f| for_each_row(path, f))
 }
 
 /// Calls `f` with every row of `path` (or why it cannot be read). A file that is not readable
