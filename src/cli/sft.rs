@@ -148,6 +148,11 @@ impl SftArgs {
             section.config.target_modules = None;
             c.lora = Some(section);
         }
+        if c.lora.is_none() && (self.lora_r.is_some() || self.lora_alpha.is_some()) {
+            anyhow::bail!(
+                "--lora-r / --lora-alpha need an adapter: add --lora PRESET or a [lora] section (without one the model is fine-tuned in full)"
+            );
+        }
         if let Some(section) = &mut c.lora {
             if let Some(r) = self.lora_r {
                 section.config.r = r;

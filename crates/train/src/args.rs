@@ -233,6 +233,25 @@ impl TrainingArgs {
         Ok(())
     }
 
+    /// Settings that have no effect with the others as they are (logged as warnings at the
+    /// start of training, so that nothing set is silently ignored).
+    pub fn ineffective_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.max_memory.is_some() && !self.auto_find_batch_size {
+            out.push("max_memory is only used by auto_find_batch_size = true".into());
+        }
+        if self.checkpoint_every != 1 && !self.gradient_checkpointing {
+            out.push("checkpoint_every is only used by gradient_checkpointing = true".into());
+        }
+        if self.warmup_steps > 0 && self.warmup_ratio > 0.0 {
+            out.push("warmup_ratio is ignored because warmup_steps is set".into());
+        }
+        if self.max_steps > 0 && self.num_train_epochs != 3.0 {
+            out.push("num_train_epochs is ignored because max_steps is set".into());
+        }
+        out
+    }
+
     /// Optimizer steps per epoch for `batches` micro-batches per epoch.
     pub fn steps_per_epoch(&self, batches: usize) -> usize {
         batches.div_ceil(self.gradient_accumulation_steps).max(1)
@@ -281,5 +300,18 @@ mod tests {
             toml::from_str("learning_rate = 0.001\nlr_scheduler_type = \"cosine\"").unwrap();
         assert_eq!(a.lr_scheduler_type, SchedulerType::Cosine);
         assert!(toml::from_str::<TrainingArgs>("lr_scheduler_type = \"weird\"").is_err());
+    }
+
+    #[test]
+    fn settings_without_effect_are_reported() {
+        assert!(TrainingArgs::default().ineffective_settings().is_empty());
+        let a: TrainingArgs = toml::from_str(
+            "max_memory = \"1GiB\"\ncheckpoint_every = 2\nmax_steps = 5\nnum_train_epochs = 1",
+        )
+        .unwrap();
+        let warnings = a.ineffective_settings().join("\n");
+        for field in ["max_memory", "checkpoint_every", "num_train_epochs"] {
+            assert!(warnings.contains(field), "{warnings}");
+        }
     }
 }

@@ -372,6 +372,9 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
 
     /// Runs training to `max_steps` / `num_train_epochs`; returns the loss of every step.
     pub fn train(&mut self) -> Result<Vec<f64>> {
+        for warning in self.args.ineffective_settings() {
+            tracing::warn!("{warning}");
+        }
         self.plan_batch_size()?;
         if let Some(spec) = self.args.resume_from_checkpoint.clone() {
             let dir = checkpoint::resolve_checkpoint(&spec, &self.args.output_dir)?;
