@@ -115,12 +115,12 @@ impl Row<'_> {
                 Cell::Str(path) => Ok(Some(self.path_image(path)?)),
                 Cell::Bytes(bytes) => Ok(Some(ImageSource::Bytes {
                     bytes: Arc::new(bytes.clone()),
-                    origin: format!("{} column `{name}` #{i}", self.origin),
+                    origin: format!("column `{name}` #{i}"),
                 })),
                 Cell::Map(_) => match (c.get("bytes"), c.get("path")) {
                     (Some(Cell::Bytes(b)), _) if !b.is_empty() => Ok(Some(ImageSource::Bytes {
                         bytes: Arc::new(b.clone()),
-                        origin: format!("{} column `{name}` #{i}", self.origin),
+                        origin: format!("column `{name}` #{i}"),
                     })),
                     (_, Some(Cell::Str(p))) => Ok(Some(self.path_image(p)?)),
                     _ => Err(self.err(format!(

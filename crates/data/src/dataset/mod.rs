@@ -24,7 +24,7 @@ pub enum ImageSource {
     Bytes {
         /// PNG/JPEG/WebP bytes.
         bytes: Arc<Vec<u8>>,
-        /// Dataset file and row, for error messages.
+        /// The column and position in its row (errors add the file and row).
         origin: String,
     },
     /// A file on disk.
