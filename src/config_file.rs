@@ -98,6 +98,19 @@ impl ConfigDocument {
         })
     }
 
+    /// A document from values and the line of each key path.
+    pub fn from_parts(path: PathBuf, value: Value, lines: HashMap<String, usize>) -> Self {
+        Self { path, value, lines }
+    }
+
+    /// Whether the file is YAML (where TRL's flat layout is accepted too).
+    pub fn is_yaml(&self) -> bool {
+        matches!(
+            self.path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
+    }
+
     /// The line of `path` or of its nearest ancestor that has one.
     pub fn line_of(&self, path: &str) -> Option<usize> {
         let mut p = path;

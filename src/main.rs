@@ -4,7 +4,7 @@ mod cli;
 
 vlmtune::use_retaining_allocator!();
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use vlmtune::backend::{dispatch, dispatch_training, DeviceKind};
 
 /// Fine-tune SmolVLM / Idefics3 vision-language models: SFT, DPO, LoRA/QLoRA.
@@ -63,7 +63,14 @@ fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // TRL's spelling (`--learning_rate`, `--model_name_or_path`, `--use_peft`) for sft / dpo.
+    let (args, trl) = cli::trl_args::split(&Cli::command(), std::env::args_os().collect());
+    let mut cli = Cli::parse_from(args);
+    match &mut cli.command {
+        Command::Sft(a) => a.trl = trl,
+        Command::Dpo(a) => a.trl = trl,
+        _ => {}
+    }
     vlmtune::backend::set_cpu_threads(cli.threads)?;
     if matches!(cli.command, Command::Sft(_) | Command::Dpo(_)) {
         // Ctrl-C / SIGTERM: finish the step, checkpoint, exit; a second one exits at once.

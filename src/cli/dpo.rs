@@ -57,15 +57,27 @@ pub struct DpoArgs {
     /// Resuming, bad examples, non-finite steps.
     #[command(flatten)]
     pub run_control: crate::cli::run_control::RunControlArgs,
+    /// TRL keys from the command line that have no vlmtune flag (`--model_name_or_path`,
+    /// `--use_peft`, ...), split off by [`crate::cli::trl_args::split`].
+    #[arg(skip)]
+    pub trl: crate::cli::trl_args::TrlOverrides,
 }
 
 impl DpoArgs {
     /// The job config: file (or built-in defaults) with flags applied.
     pub fn job_config(&self) -> anyhow::Result<DpoJobConfig> {
+        let job = vlmtune::trl::TrlJob::Dpo;
         let mut c = match &self.config {
             Some(path) => DpoJobConfig::from_file(path)?,
+            // A TRL command line: TRL's defaults, not the built-in tiny job's.
+            None if !self.trl.is_empty() => {
+                vlmtune::trl::apply_overrides(&DpoJobConfig::default(), &self.trl, job, true)?
+            }
             None => DpoJobConfig::builtin(),
         };
+        if self.config.is_some() && !self.trl.is_empty() {
+            c = vlmtune::trl::apply_overrides(&c, &self.trl, job, false)?;
+        }
         if let Some(v) = &self.model {
             c.model.name = v.clone();
         }

@@ -9,6 +9,7 @@ pub mod merge;
 pub mod quant;
 pub mod run_control;
 pub mod sft;
+pub mod trl_args;
 
 /// The summary line of examples left out by `on_bad_example = "skip"` (empty when none were).
 pub fn bad_examples_line(count: usize) -> String {

@@ -70,6 +70,10 @@ pub struct SftArgs {
     /// Resuming, bad examples, non-finite steps.
     #[command(flatten)]
     pub run_control: crate::cli::run_control::RunControlArgs,
+    /// TRL keys from the command line that have no vlmtune flag (`--model_name_or_path`,
+    /// `--use_peft`, ...), split off by [`crate::cli::trl_args::split`].
+    #[arg(skip)]
+    pub trl: crate::cli::trl_args::TrlOverrides,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -121,10 +125,18 @@ impl Preset {
 impl SftArgs {
     /// The job config: file (or built-in defaults) with flags applied.
     pub fn job_config(&self) -> anyhow::Result<SftJobConfig> {
+        let job = vlmtune::trl::TrlJob::Sft;
         let mut c = match &self.config {
             Some(path) => SftJobConfig::from_file(path)?,
+            // A TRL command line: TRL's defaults, not the built-in tiny job's.
+            None if !self.trl.is_empty() => {
+                vlmtune::trl::apply_overrides(&SftJobConfig::default(), &self.trl, job, true)?
+            }
             None => SftJobConfig::builtin(),
         };
+        if self.config.is_some() && !self.trl.is_empty() {
+            c = vlmtune::trl::apply_overrides(&c, &self.trl, job, false)?;
+        }
         let t = &mut c.training;
         if let Some(v) = &self.model {
             c.model.name = v.clone();

@@ -84,7 +84,7 @@ impl DpoJobConfig {
     /// Reads a TOML or YAML file (missing fields take TRL's defaults); unknown keys and bad
     /// values are errors naming the file, the line and the key.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        super::read_config(path, &Self::schema())
+        super::read_config(path, &Self::schema(), crate::trl::TrlJob::Dpo)
     }
 
     /// Every key a config may have: the defaults with every optional section present.

@@ -10,17 +10,32 @@ use vlmtune_data::{DatasetFormat, Loaded, OnBadExample};
 
 use crate::config_file::ConfigDocument;
 use crate::error::{Error, Result};
+use crate::trl::TrlJob;
 
 /// Reads a job's config file (TOML or YAML; missing fields take their defaults). Keys the
 /// `schema` (the config's serialised form with every optional section present) lacks are
 /// errors naming the file, the line, the key and the nearest valid key.
+///
+/// A YAML file may also be TRL's flat layout (`trl sft --config` files: `model_name_or_path`,
+/// `learning_rate`, `use_peft`, ...), translated by [`crate::trl`].
 pub(crate) fn read_config<T: serde::de::DeserializeOwned + serde::Serialize>(
     path: &Path,
     schema: &T,
+    job: TrlJob,
 ) -> Result<T> {
     let schema =
         serde_json::to_value(schema).map_err(|e| Error::Config(format!("config schema: {e}")))?;
-    ConfigDocument::read(path)?.deserialize(&with_peft_lora_fields(schema))
+    let doc = ConfigDocument::read(path)?;
+    let doc = if doc.is_yaml() && crate::trl::is_flat(&doc.value) {
+        let translated = crate::trl::translate(&doc, job, true)?;
+        for warning in &translated.warnings {
+            tracing::warn!("{warning}");
+        }
+        translated.doc
+    } else {
+        doc
+    };
+    doc.deserialize(&with_peft_lora_fields(schema))
 }
 
 /// PEFT `LoraConfig` fields vlmtune does not model are still valid `[lora]` keys (the ones

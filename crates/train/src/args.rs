@@ -167,6 +167,13 @@ pub struct TrainingArgs {
     /// stop).
     #[serde(default = "d_max_nonfinite")]
     pub max_nonfinite_steps: usize,
+    /// Where metrics go besides `metrics.jsonl`: `["tensorboard"]` writes TensorBoard event
+    /// files to `logging_dir` (TRL's name; `none` or empty: nowhere else).
+    #[serde(default)]
+    pub report_to: Vec<String>,
+    /// TensorBoard's folder (default: `<output_dir>/runs`).
+    #[serde(default)]
+    pub logging_dir: Option<PathBuf>,
     /// Background data threads.
     #[serde(default = "d_workers")]
     pub dataloader_num_workers: usize,
@@ -226,6 +233,16 @@ impl TrainingArgs {
         }
         if let Some(m) = &self.max_memory {
             crate::memory_plan::parse_memory(m)?;
+        }
+        if let Some(r) = self
+            .report_to
+            .iter()
+            .find(|r| !matches!(r.as_str(), "none" | "tensorboard"))
+        {
+            return bad(
+                "report_to",
+                &format!("`{r}` is not supported (`tensorboard` or `none`)"),
+            );
         }
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every", "must be at least 1 layer");
