@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.lora = Some(LoraSection {
         preset: Some(LoraPreset::AllLinear),
         config: LoraPreset::AllLinear.config(8, 16.0),
+        ..LoraSection::default()
     });
     let report = run_sft::<CpuBackend>(&config, Default::default())?;
     println!("{}", report.trainable);

@@ -54,6 +54,10 @@ pub struct DpoArgs {
     /// Gradient checkpointing and batch-size planning.
     #[command(flatten)]
     pub memory: crate::cli::batch::MemoryArgs,
+    /// Train this PEFT adapter folder further (its config decides rank and targets; LoRA
+    /// flags may only repeat it).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Resuming, bad examples, non-finite steps.
     #[command(flatten)]
     pub run_control: crate::cli::run_control::RunControlArgs,
@@ -113,6 +117,13 @@ impl DpoArgs {
         c.dpo.precompute_ref_log_probs |= self.precompute_ref_log_probs;
         c.dpo.shared_prefix &= !self.no_shared_prefix;
         c.training.progress_bar &= !self.no_progress;
+        if let Some(dir) = &self.adapter {
+            if self.config.is_none() {
+                // The built-in defaults' new adapter gives way to the one continued.
+                c.lora = None;
+            }
+            c.lora.get_or_insert_with(Default::default).adapter = Some(dir.clone());
+        }
         self.run_control.apply(&mut c.training, &mut c.dataset);
         self.memory.apply(&mut c.training);
         Ok(c)

@@ -67,6 +67,10 @@ pub struct SftArgs {
     /// bf16 compute (CUDA).
     #[arg(long)]
     pub bf16: bool,
+    /// Train this PEFT adapter folder further (its config decides rank and targets; LoRA
+    /// flags may only repeat it).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Resuming, bad examples, non-finite steps.
     #[command(flatten)]
     pub run_control: crate::cli::run_control::RunControlArgs,
@@ -155,10 +159,14 @@ impl SftArgs {
             let mut section = c.lora.take().unwrap_or(LoraSection {
                 preset: None,
                 config: preset.config(8, 16.0),
+                ..LoraSection::default()
             });
             section.preset = Some(preset);
             section.config.target_modules = None;
             c.lora = Some(section);
+        }
+        if let Some(dir) = &self.adapter {
+            c.lora.get_or_insert_with(LoraSection::default).adapter = Some(dir.clone());
         }
         if c.lora.is_none() && (self.lora_r.is_some() || self.lora_alpha.is_some()) {
             anyhow::bail!(
@@ -166,11 +174,16 @@ impl SftArgs {
             );
         }
         if let Some(section) = &mut c.lora {
+            if self.lora.is_some() {
+                section.explicit.push("preset".into());
+            }
             if let Some(r) = self.lora_r {
                 section.config.r = r;
+                section.explicit.push("r".into());
             }
             if let Some(a) = self.lora_alpha {
                 section.config.lora_alpha = a;
+                section.explicit.push("lora_alpha".into());
             }
         }
         macro_rules! set {

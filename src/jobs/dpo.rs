@@ -12,7 +12,7 @@ use vlmtune_data::dataset::{self, synthetic, DatasetSource};
 use vlmtune_data::{PreferenceCollator, PreferenceExample, Processor};
 use vlmtune_model::Trainable;
 use vlmtune_peft::LoraPreset;
-use vlmtune_train::{DpoConfig, DpoTrainer, Objective, TrainingArgs};
+use vlmtune_train::{DpoConfig, DpoTrainer, Objective, ReferenceSource, TrainingArgs};
 
 use super::sft::{model_dir, prepare_model, DatasetSection, LoraSection, ModelSection};
 use super::Splits;
@@ -62,6 +62,7 @@ impl DpoJobConfig {
         c.lora = Some(LoraSection {
             preset: Some(LoraPreset::AllLinear),
             config: LoraPreset::AllLinear.config(16, 32.0),
+            ..LoraSection::default()
         });
         c.dpo.beta = 0.1;
         c.dpo.loss_type = vec![
@@ -84,7 +85,12 @@ impl DpoJobConfig {
     /// Reads a TOML or YAML file (missing fields take TRL's defaults); unknown keys and bad
     /// values are errors naming the file, the line and the key.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        super::read_config(path, &Self::schema(), crate::trl::TrlJob::Dpo)
+        let (mut config, lora_keys) =
+            super::read_config(path, &Self::schema(), crate::trl::TrlJob::Dpo)?;
+        if let Some(lora) = &mut config.lora {
+            lora.explicit = lora_keys;
+        }
+        Ok(config)
     }
 
     /// Every key a config may have: the defaults with every optional section present.
@@ -153,6 +159,15 @@ pub fn run_dpo<AB: AutodiffBackend>(
             "runs/sft-tiny/final does not exist: run `vlmtune sft` first (the DPO defaults continue the SFT main job)".into(),
         ));
     }
+    let mut config = config.clone();
+    super::sft::resolve_adapter_folder(&mut config.model, &mut config.lora)?;
+    let continued = config.lora.as_ref().is_some_and(|l| l.adapter.is_some());
+    if continued && config.dpo.reference == ReferenceSource::AdaptersDisabled {
+        // TRL copies a loaded adapter into a frozen `ref` adapter: the reference is the
+        // policy as it starts, not the bare base.
+        config.dpo.reference = ReferenceSource::InitialPolicy;
+    }
+    let config = &config;
     let dir = model_dir::<AB>(&config.model, &config.training.output_dir, &device)?;
     let (model, adapter) = prepare_model::<AB>(
         &dir,

@@ -14,7 +14,8 @@ use crate::trl::TrlJob;
 
 /// Reads a job's config file (TOML or YAML; missing fields take their defaults). Keys the
 /// `schema` (the config's serialised form with every optional section present) lacks are
-/// errors naming the file, the line, the key and the nearest valid key.
+/// errors naming the file, the line, the key and the nearest valid key. Also returns the keys
+/// written in `[lora]` (which of its settings the user chose).
 ///
 /// A YAML file may also be TRL's flat layout (`trl sft --config` files: `model_name_or_path`,
 /// `learning_rate`, `use_peft`, ...), translated by [`crate::trl`].
@@ -22,7 +23,7 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned + serde::Serialize>(
     path: &Path,
     schema: &T,
     job: TrlJob,
-) -> Result<T> {
+) -> Result<(T, Vec<String>)> {
     let schema =
         serde_json::to_value(schema).map_err(|e| Error::Config(format!("config schema: {e}")))?;
     let doc = ConfigDocument::read(path)?;
@@ -35,7 +36,13 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned + serde::Serialize>(
     } else {
         doc
     };
-    doc.deserialize(&with_peft_lora_fields(schema))
+    let lora_keys = doc
+        .value
+        .get("lora")
+        .and_then(|l| l.as_object())
+        .map(|l| l.keys().cloned().collect())
+        .unwrap_or_default();
+    Ok((doc.deserialize(&with_peft_lora_fields(schema))?, lora_keys))
 }
 
 /// PEFT `LoraConfig` fields vlmtune does not model are still valid `[lora]` keys (the ones

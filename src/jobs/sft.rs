@@ -88,9 +88,20 @@ impl Default for DatasetSection {
     }
 }
 
-/// `[lora]`: a preset or PEFT `LoraConfig` fields.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[lora]`: a preset or PEFT `LoraConfig` fields, or an existing adapter to train further.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LoraSection {
+    /// The keys the user gave (config file keys, `--lora*` flags): with `adapter`, these must
+    /// agree with the adapter's config. Empty: every field that differs from PEFT's default.
+    #[serde(skip)]
+    pub explicit: Vec<String>,
+    /// A PEFT adapter folder to continue training (`PeftModel.from_pretrained(...,
+    /// is_trainable=True)`): its `adapter_config.json` decides rank, targets and the rest; the
+    /// fields below may only repeat it. Training starts fresh (new AdamW moments, schedule and
+    /// data order), as a new TRL run on a loaded adapter does; `resume_from_checkpoint`
+    /// continues a run exactly instead.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
     /// `text-attention`, `text-all-linear`, `vision-and-text` or `all-linear`
     /// (ignored when `target_modules` is set).
     #[serde(default)]
@@ -100,13 +111,83 @@ pub struct LoraSection {
     pub config: LoraConfig,
 }
 
+impl PartialEq for LoraSection {
+    /// The settings, not which of them were written out.
+    fn eq(&self, other: &Self) -> bool {
+        (&self.adapter, &self.preset, &self.config)
+            == (&other.adapter, &other.preset, &other.config)
+    }
+}
+
 impl LoraSection {
     /// Every key of `[lora]` (with the PEFT fields kept as-is added by the reader).
     pub fn schema() -> Self {
         Self {
+            adapter: Some(PathBuf::new()),
             preset: Some(LoraPreset::TextAttention),
             config: LoraConfig::default(),
+            explicit: Vec::new(),
         }
+    }
+
+    /// How this section contradicts the adapter `loaded` from its `adapter` folder: the
+    /// fields set to something other than PEFT's default and other than the adapter's value.
+    pub fn conflicts_with(&self, loaded: &LoraConfig) -> Vec<String> {
+        let default = LoraConfig::default();
+        let mut out = Vec::new();
+        let given = |field: &str| {
+            self.explicit
+                .iter()
+                .any(|k| k == field || (field == "target_modules" && k == "preset"))
+        };
+        let mut check = |field: &str, mine: String, theirs: String, unset: String| {
+            let set = if self.explicit.is_empty() {
+                mine != unset
+            } else {
+                given(field)
+            };
+            if set && mine != theirs {
+                out.push(format!("{field}: {mine} here, {theirs} in the adapter"));
+            }
+        };
+        let c = &self.config;
+        check(
+            "r",
+            c.r.to_string(),
+            loaded.r.to_string(),
+            default.r.to_string(),
+        );
+        check(
+            "lora_alpha",
+            c.lora_alpha.to_string(),
+            loaded.lora_alpha.to_string(),
+            default.lora_alpha.to_string(),
+        );
+        check(
+            "lora_dropout",
+            c.lora_dropout.to_string(),
+            loaded.lora_dropout.to_string(),
+            default.lora_dropout.to_string(),
+        );
+        let targets = |c: &LoraConfig| format!("{:?}", c.target_modules);
+        let mine = match (&c.target_modules, self.preset) {
+            (None, Some(preset)) => format!("{:?}", Some(preset.target_modules())),
+            _ => targets(c),
+        };
+        check("target_modules", mine, targets(loaded), targets(&default));
+        for (field, mine, theirs) in [
+            ("use_dora", c.use_dora, loaded.use_dora),
+            ("use_rslora", c.use_rslora, loaded.use_rslora),
+        ] {
+            check(field, mine.to_string(), theirs.to_string(), "false".into());
+        }
+        check(
+            "modules_to_save",
+            format!("{:?}", c.modules_to_save),
+            format!("{:?}", loaded.modules_to_save),
+            "None".into(),
+        );
+        out
     }
 
     /// The `LoraConfig` this section describes.
@@ -170,7 +251,12 @@ impl SftJobConfig {
     /// Reads a TOML or YAML file (missing fields take TRL's defaults); unknown keys and bad
     /// values are errors naming the file, the line and the key.
     pub fn from_file(path: &Path) -> Result<Self> {
-        super::read_config(path, &Self::schema(), crate::trl::TrlJob::Sft)
+        let (mut config, lora_keys) =
+            super::read_config(path, &Self::schema(), crate::trl::TrlJob::Sft)?;
+        if let Some(lora) = &mut config.lora {
+            lora.explicit = lora_keys;
+        }
+        Ok(config)
     }
 
     /// Every key a config may have: the defaults with every optional section present.
@@ -211,6 +297,39 @@ pub struct SftReport {
     /// Bad examples left out (`on_bad_example = "skip"`): rows at load time plus examples whose
     /// images or text failed to encode during training.
     pub bad_examples: usize,
+}
+
+/// PEFT's convention for a model id that is an adapter folder (`adapter_config.json`, no
+/// `config.json`): the base is the adapter's `base_model_name_or_path` and the adapter is
+/// trained further (`[lora] adapter`). Applied before the model is loaded.
+pub fn resolve_adapter_folder(
+    model: &mut ModelSection,
+    lora: &mut Option<LoraSection>,
+) -> Result<()> {
+    let dir = PathBuf::from(&model.name);
+    if !dir.join(vlmtune_peft::io::CONFIG_FILE).is_file() || dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    let config = LoraConfig::from_file(&dir.join(vlmtune_peft::io::CONFIG_FILE))?;
+    let base = config.base_model_name_or_path.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "{}: an adapter folder as the model needs base_model_name_or_path in adapter_config.json",
+            dir.display()
+        ))
+    })?;
+    let section = lora.get_or_insert_with(LoraSection::default);
+    match &section.adapter {
+        Some(other) if other != &dir => {
+            return Err(Error::Config(format!(
+                "the model {} is an adapter folder, and [lora] adapter is another one ({})",
+                dir.display(),
+                other.display()
+            )))
+        }
+        _ => section.adapter = Some(dir),
+    }
+    model.name = base;
+    Ok(())
 }
 
 /// The checkpoint folder of `[model]` (writing the tiny model when asked for).
@@ -280,6 +399,31 @@ pub fn prepare_model<AB: AutodiffBackend>(
         ensure_trainable_not_quantized(&model, parts)?;
     }
     let adapter = match lora {
+        Some(
+            section @ LoraSection {
+                adapter: Some(adapter_dir),
+                ..
+            },
+        ) => {
+            let mut loaded = vlmtune_peft::load_adapter(&mut model, adapter_dir, "default")?;
+            let conflicts = section.conflicts_with(&loaded);
+            if !conflicts.is_empty() {
+                return Err(Error::Config(format!(
+                    "[lora] contradicts the adapter {} it continues (the adapter's config wins; drop these or make them equal): {}",
+                    adapter_dir.display(),
+                    conflicts.join("; ")
+                )));
+            }
+            // Trained further, the adapter is no longer saved for inference only.
+            loaded.inference_mode = false;
+            if loaded.base_model_name_or_path.is_none() {
+                loaded.base_model_name_or_path = Some(model_name.to_string());
+            }
+            if let Some(parts) = trainable {
+                model = model.with_trainable(parts);
+            }
+            Some(loaded)
+        }
         Some(section) => {
             let mut lora = section.lora_config();
             lora.base_model_name_or_path = Some(model_name.to_string());
@@ -318,6 +462,9 @@ pub fn run_sft<AB: AutodiffBackend>(
     config: &SftJobConfig,
     device: AB::Device,
 ) -> Result<SftReport> {
+    let mut config = config.clone();
+    resolve_adapter_folder(&mut config.model, &mut config.lora)?;
+    let config = &config;
     let dir = model_dir::<AB>(&config.model, &config.training.output_dir, &device)?;
     let (model, adapter) = prepare_model::<AB>(
         &dir,
@@ -453,6 +600,7 @@ mod tests {
         let lora = LoraSection {
             preset: Some(LoraPreset::TextAttention),
             config: LoraPreset::TextAttention.config(4, 8.0),
+            ..LoraSection::default()
         };
         assert!(prepare(Some(&lora)).is_ok(), "QLoRA is fine");
     }

@@ -277,7 +277,22 @@ pub fn translate(doc: &ConfigDocument, job: TrlJob, trl_defaults: bool) -> Resul
             },
         }
     }
-    if use_peft {
+    let adapter_folder = keys
+        .get("model_name_or_path")
+        .and_then(Value::as_str)
+        .is_some_and(|m| {
+            std::path::Path::new(m)
+                .join("adapter_config.json")
+                .is_file()
+        });
+    if use_peft && adapter_folder {
+        // PEFT's convention: the adapter's own config decides; ModelConfig's LoRA defaults do
+        // not apply (the job loads it from the folder).
+        let line = doc.line_of("use_peft");
+        for (k, v) in lora {
+            out.set("lora", &k, v, line);
+        }
+    } else if use_peft {
         if !lora.contains_key("target_modules") {
             unsupported.push(format!(
                 "{}: use_peft needs lora_target_modules (PEFT has no default target modules for SmolVLM / Idefics3): a list, or all-linear",

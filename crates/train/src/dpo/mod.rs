@@ -62,6 +62,9 @@ pub enum ReferenceSource {
     AdaptersDisabled,
     /// Another checkpoint folder.
     Checkpoint(PathBuf),
+    /// The policy as training starts, frozen (with a continued adapter: that adapter, as TRL's
+    /// frozen `ref` copy of it).
+    InitialPolicy,
 }
 
 fn d_beta() -> f64 {
@@ -391,6 +394,9 @@ impl<AB: AutodiffBackend> Trainer<AB, DpoObjective<AB>> {
         });
         let reference = match &config.reference {
             ReferenceSource::AdaptersDisabled => Reference::AdaptersDisabled,
+            // Frozen base tensors are shared, not copied; the adapter values are this
+            // snapshot's own once the policy moves.
+            ReferenceSource::InitialPolicy => Reference::Model(Box::new(model.valid())),
             ReferenceSource::Checkpoint(dir) => {
                 let options = vlmtune_model::LoadOptions {
                     quant: config.reference_quant.clone(),
