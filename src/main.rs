@@ -33,6 +33,8 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Merge an adapter into its base model and save a Hugging Face checkpoint.
     Merge(cli::merge::MergeArgs),
+    /// Draw a run's training and eval curves (RUN_DIR/curves.png) from its metrics.jsonl.
+    Plot(cli::plot::PlotArgs),
     /// Supervised fine-tuning (defaults: the tiny model on synthetic charts, offline).
     Sft(cli::sft::SftArgs),
 }
@@ -87,6 +89,7 @@ fn run() -> anyhow::Result<()> {
         Command::Generate(args) => println!("{}", dispatch(cli.device, args)??),
         Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),
         Command::Merge(args) => eprintln!("{}", dispatch(cli.device, args)??),
+        Command::Plot(args) => println!("{}", args.run()?.display()),
         Command::Sft(args) => {
             let config = args.job_config()?;
             let bf16 = config.training.bf16;

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod plot;
 pub mod quant;
 pub mod run_control;
 pub mod sft;

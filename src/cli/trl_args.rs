@@ -64,10 +64,13 @@ pub fn split(command: &Command, args: Vec<OsString>) -> (Vec<OsString>, TrlOverr
             }
             continue;
         }
-        if !vlmtune::trl::knows(job, name) {
+        // TRL's keys in either spelling (`--report_to`, `--report-to`).
+        let snake = name.replace('-', "_");
+        if !vlmtune::trl::knows(job, &snake) {
             out.push(arg.clone());
             continue;
         }
+        let name = snake.as_str();
         let mut values: Vec<Value> = inline.iter().map(|v| scalar(v)).collect();
         while let Some(next) = rest.peek().and_then(|v| v.to_str()) {
             if next.starts_with("--") {

@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod checkpoint;
+pub mod curves;
 pub mod dpo;
 pub mod error;
 pub mod eval;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod optim;
 pub mod schedule;
 pub mod sft;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use args::{SchedulerType, TrainingArgs};

@@ -2,7 +2,7 @@
 //! progress bar on stderr.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,16 +10,29 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::error::{Result, TrainError};
+use crate::tensorboard::EventWriter;
 
-/// Writes metric records and drives the progress bar.
+/// Writes metric records (`metrics.jsonl`, TensorBoard events with `report_to =
+/// ["tensorboard"]`) and shows progress: a bar (step/total, loss, learning rate, tokens/s,
+/// ETA) on a terminal, else a plain line every log step.
 pub struct MetricsLog {
     file: Option<std::fs::File>,
     bar: Option<ProgressBar>,
+    tensorboard: Option<EventWriter>,
+    total: usize,
+    start: (Instant, usize),
 }
 
 impl MetricsLog {
-    /// Appends to `dir/metrics.jsonl`; shows a bar of `total` steps when `progress`.
-    pub fn open(dir: &Path, total: usize, start: usize, progress: bool) -> Result<Self> {
+    /// Appends to `dir/metrics.jsonl`; shows a bar of `total` steps when `progress` and stderr
+    /// is a terminal; writes TensorBoard events to `tensorboard` when given.
+    pub fn open(
+        dir: &Path,
+        total: usize,
+        start: usize,
+        progress: bool,
+        tensorboard: Option<&Path>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
             path: dir.to_path_buf(),
             source,
@@ -30,7 +43,7 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .map_err(|source| TrainError::Io { path, source })?;
-        let bar = progress.then(|| {
+        let bar = (progress && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64).with_position(start as u64);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -40,9 +53,16 @@ impl MetricsLog {
             );
             bar
         });
+        let tensorboard = tensorboard.map(EventWriter::create).transpose()?;
+        if let Some(tb) = &tensorboard {
+            tracing::info!(events = %tb.path().display(), "TensorBoard");
+        }
         Ok(Self {
             file: Some(file),
             bar,
+            tensorboard,
+            total,
+            start: (Instant::now(), start),
         })
     }
 
@@ -51,6 +71,9 @@ impl MetricsLog {
         Self {
             file: None,
             bar: None,
+            tensorboard: None,
+            total: 0,
+            start: (Instant::now(), 0),
         }
     }
 
@@ -62,26 +85,49 @@ impl MetricsLog {
                 source,
             })?;
         }
-        if let Some(bar) = &self.bar {
-            let short = |k: &str| record.get(k).and_then(serde_json::Value::as_f64);
-            let mut msg = String::new();
-            for (k, label) in [
-                ("loss", "loss"),
-                ("eval_loss", "eval_loss"),
-                ("eval_accuracy", "eval_acc"),
-                ("mean_token_accuracy", "tok_acc"),
-            ] {
-                if let Some(v) = short(k) {
-                    msg.push_str(&format!("{label} {v:.4} "));
-                }
+        if let Some(tb) = &mut self.tensorboard {
+            tb.record(record)?;
+        }
+        let short = |k: &str| record.get(k).and_then(serde_json::Value::as_f64);
+        let mut msg = String::new();
+        for (k, label, precision) in [
+            ("loss", "loss", 4),
+            ("learning_rate", "lr", 2),
+            ("tokens_per_second", "tok/s", 0),
+            ("eval_loss", "eval_loss", 4),
+            ("eval_accuracy", "eval_acc", 4),
+            ("rewards/margins", "margins", 4),
+        ] {
+            match short(k) {
+                Some(v) if label == "lr" => msg.push_str(&format!("{label} {v:.precision$e} ")),
+                Some(v) => msg.push_str(&format!("{label} {v:.precision$} ")),
+                None => {}
             }
-            if !msg.is_empty() {
-                bar.set_message(msg);
+        }
+        if msg.is_empty() {
+            return Ok(());
+        }
+        match &self.bar {
+            Some(bar) => bar.set_message(msg),
+            None => {
+                let step = short("step").unwrap_or(0.0) as usize;
+                tracing::info!("step {step}/{} {msg}eta {}", self.total, self.eta(step));
             }
-        } else if record.get("loss").is_some() || record.get("eval_loss").is_some() {
-            tracing::info!(%record, "metrics");
         }
         Ok(())
+    }
+
+    /// Time left at this step's pace since the log opened.
+    fn eta(&self, step: usize) -> String {
+        let (since, first) = self.start;
+        let done = step.saturating_sub(first);
+        if done == 0 {
+            return "?".into();
+        }
+        let left =
+            since.elapsed().as_secs_f64() / done as f64 * self.total.saturating_sub(step) as f64;
+        let s = left.round() as u64;
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
     }
 
     /// Advances the bar to `step`.

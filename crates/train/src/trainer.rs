@@ -201,7 +201,16 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         Ok(())
     }
 
+    /// Redraws `curves.png` from `metrics.jsonl` (a failure is a warning: it costs no work).
+    fn draw_curves(&self) {
+        let dir = &self.args.output_dir;
+        if let Err(e) = crate::curves::draw(&dir.join("metrics.jsonl"), &dir.join("curves.png")) {
+            tracing::warn!("curves.png not drawn: {e}");
+        }
+    }
+
     fn save_checkpoint(&self) -> Result<PathBuf> {
+        self.draw_curves();
         let full_model = self.adapter.is_none();
         checkpoint::save_checkpoint(
             &self.args.output_dir,
@@ -389,11 +398,23 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         let memory = vlmtune_peft::memory_report::<AB, _>(&self.model);
         tracing::info!(%report, total_steps = total, "training");
         tracing::info!(%memory, "weight memory");
+        let tensorboard = self
+            .args
+            .report_to
+            .iter()
+            .any(|r| r == "tensorboard")
+            .then(|| {
+                self.args
+                    .logging_dir
+                    .clone()
+                    .unwrap_or_else(|| self.args.output_dir.join("runs"))
+            });
         let mut log = MetricsLog::open(
             &self.args.output_dir,
             total,
             self.state.global_step,
             self.args.progress_bar,
+            tensorboard.as_deref(),
         )?;
         let mut step_losses = Vec::new();
         let mut window = Window::default();
@@ -531,6 +552,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             self.log_eval(&mut log, self.state.global_step, epoch_f)?;
         }
         log.finish();
+        self.draw_curves();
         Ok(step_losses)
     }
 
