@@ -19,6 +19,8 @@ pub struct ParamCounts {
     pub adapters: usize,
     /// Parameters that receive gradients.
     pub trainable: usize,
+    /// Of the part counts, weights stored quantised (4-bit / int8), counted by element.
+    pub quantized: usize,
 }
 
 impl ParamCounts {
@@ -28,8 +30,25 @@ impl ParamCounts {
     }
 }
 
-/// Counts the float parameters of `model` by part (quantised weights count by element).
+impl ParamCounts {
+    fn add_to_part(&mut self, path: &str, n: usize) {
+        if path.starts_with("model.vision_model.") {
+            self.vision += n;
+        } else if path.starts_with("model.connector.") {
+            self.connector += n;
+        } else if path.starts_with("model.text_model.") {
+            self.text += n;
+        } else {
+            self.lm_head += n;
+        }
+    }
+}
+
+/// Counts the parameters of `model` by part: float parameters, and quantised weights by
+/// element (as PEFT counts a `Params4bit` as its unpacked size), so that the total does not
+/// depend on the storage.
 pub fn param_counts<B: Backend>(model: &SmolVlm<B>) -> ParamCounts {
+    use vlmtune_peft::adapters::LinearModules;
     let mut counts = ParamCounts::default();
     for p in vlmtune_peft::named_params::<B, _>(model) {
         let n = p.numel();
@@ -38,16 +57,17 @@ pub fn param_counts<B: Backend>(model: &SmolVlm<B>) -> ParamCounts {
         }
         if !crate::checkpoint::is_base_param(&p.path) {
             counts.adapters += n;
-        } else if p.path.starts_with("model.vision_model.") {
-            counts.vision += n;
-        } else if p.path.starts_with("model.connector.") {
-            counts.connector += n;
-        } else if p.path.starts_with("model.text_model.") {
-            counts.text += n;
         } else {
-            counts.lm_head += n;
+            counts.add_to_part(&p.path, n);
         }
     }
+    model.visit_linears(&mut |path, linear| {
+        if linear.is_quantized() {
+            let n = linear.in_features() * linear.out_features();
+            counts.quantized += n;
+            counts.add_to_part(path, n);
+        }
+    });
     counts
 }
 
@@ -64,12 +84,13 @@ pub fn describe<B: Backend>(model: &SmolVlm<B>) -> String {
          connector: pixel shuffle x{} -> {} tokens per tile, {} -> {}\n\
          text: Llama {} layers, hidden {}, {} heads / {} kv heads, head_dim {}, mlp {}, vocab {}, rope_theta {}\n\
          image_token_id: {}, tied embeddings: {}\n\
-         parameters:\n  vision     {}\n  connector  {}\n  text       {}\n  lm_head    {}\n  adapters   {}\n  total      {}\n  trainable  {}\n",
+         parameters:\n  vision     {}\n  connector  {}\n  text       {}\n  lm_head    {}\n  adapters   {}\n  total      {}\n  trainable  {}\n{}",
         c.model_type,
         v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.intermediate_size, v.patch_size, v.image_size, v.num_patches(),
         c.scale_factor, c.image_seq_len(), v.hidden_size * c.scale_factor * c.scale_factor, t.hidden_size,
         t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.kv_heads(), t.head_dim(), t.intermediate_size, t.vocab_size, t.rope_theta(),
         c.image_token_id, c.tied_embeddings(),
         m(n.vision), m(n.connector), m(n.text), m(n.lm_head), m(n.adapters), m(n.total()), m(n.trainable),
+        if n.quantized > 0 { format!("  quantised  {} (of the above: 4-bit / int8 storage)\n", m(n.quantized)) } else { String::new() },
     )
 }
