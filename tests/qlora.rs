@@ -211,8 +211,20 @@ fn parameter_counts_do_not_depend_on_the_storage() {
     // The text projections are quantised (the vision tower, connector and lm_head skipped).
     assert!(nf4.quantized > 0 && nf4.quantized < nf4.text, "{nf4:?}");
     assert_eq!(
-        (nf4.vision, nf4.connector, nf4.text, nf4.lm_head, nf4.total()),
-        (plain.vision, plain.connector, plain.text, plain.lm_head, plain.total())
+        (
+            nf4.vision,
+            nf4.connector,
+            nf4.text,
+            nf4.lm_head,
+            nf4.total()
+        ),
+        (
+            plain.vision,
+            plain.connector,
+            plain.text,
+            plain.lm_head,
+            plain.total()
+        )
     );
     let text = vlmtune_model::summary::describe(&nf4_model());
     assert!(text.contains("quantised"), "{text}");

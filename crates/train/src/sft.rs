@@ -254,6 +254,21 @@ impl<AB: AutodiffBackend> Objective<AB> for SftObjective<AB> {
 pub type SftTrainer<AB> = Trainer<AB, SftObjective<AB>>;
 
 impl<AB: AutodiffBackend> Trainer<AB, SftObjective<AB>> {
+    /// TRL's `SFTTrainer(model, args, train_dataset=..., peft_config=...)`: adds a new
+    /// trainable adapter `peft_config` (seeded by `args.seed`) to the frozen `model`, and saves
+    /// it in PEFT's format.
+    pub fn new_with_peft(
+        mut model: SmolVlm<AB>,
+        args: TrainingArgs,
+        collator: Arc<SftCollator>,
+        train_set: Vec<SftExample>,
+        peft_config: vlmtune_peft::LoraConfig,
+        device: AB::Device,
+    ) -> Result<Self> {
+        vlmtune_peft::add_adapter(&mut model, "default", &peft_config, args.seed)?;
+        Ok(Self::new(model, args, collator, train_set, device)?.with_adapter(peft_config))
+    }
+
     /// An SFT trainer over `model` (adapters already added or parts marked trainable). The
     /// frozen-vision feature cache is on when `cache_image_features` and nothing before the
     /// cached features trains.

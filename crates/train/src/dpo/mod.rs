@@ -375,6 +375,22 @@ pub fn chosen_as_sft(pair: &PreferenceExample) -> SftExample {
 pub type DpoTrainer<AB> = Trainer<AB, DpoObjective<AB>>;
 
 impl<AB: AutodiffBackend> Trainer<AB, DpoObjective<AB>> {
+    /// TRL's `DPOTrainer(model, args, train_dataset=..., peft_config=...)`: a new trainable
+    /// adapter on the frozen `model`; the reference is the model with it disabled (unless
+    /// `config.reference` says otherwise).
+    pub fn new_with_peft(
+        mut model: SmolVlm<AB>,
+        args: TrainingArgs,
+        config: DpoConfig,
+        collator: Arc<PreferenceCollator>,
+        train_set: Vec<PreferenceExample>,
+        peft_config: vlmtune_peft::LoraConfig,
+        device: AB::Device,
+    ) -> Result<Self> {
+        vlmtune_peft::add_adapter(&mut model, "default", &peft_config, args.seed)?;
+        Ok(Self::new(model, args, config, collator, train_set, device)?.with_adapter(peft_config))
+    }
+
     /// A DPO trainer over `model` (with its trainable adapter). With
     /// `precompute_ref_log_probs`, the reference log-probabilities of every training pair are
     /// computed now, or read from `<output_dir>/ref_logps.json` when it matches.
