@@ -27,9 +27,13 @@ fn sft_trainer_example_trains_and_saves_an_adapter() {
 
 /// The saved adapter's `lora_B` matrices (zero at initialisation) moved.
 fn assert_trained(adapter: &std::path::Path) {
-    let files =
-        vlmtune_quant::SafetensorsFiles::open(&[adapter.join("adapter_model.safetensors")]).unwrap();
-    let b: Vec<String> = files.keys().into_iter().filter(|k| k.contains("lora_B")).collect();
+    let files = vlmtune_quant::SafetensorsFiles::open(&[adapter.join("adapter_model.safetensors")])
+        .unwrap();
+    let b: Vec<String> = files
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("lora_B"))
+        .collect();
     assert!(!b.is_empty());
     for key in b {
         let (values, _) = files.read_f32(&key).unwrap();

@@ -1,6 +1,7 @@
 //! End-to-end jobs (what the CLI subcommands run), usable from Rust too.
 
 pub mod dpo;
+pub mod lora;
 pub mod sft;
 
 use std::path::Path;
