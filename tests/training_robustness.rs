@@ -141,6 +141,26 @@ fn an_overflowing_micro_batch_is_not_applied() {
 }
 
 #[test]
+fn with_accumulation_the_other_micro_batches_still_step() {
+    let dir = tempfile::tempdir().unwrap();
+    for (infinite_loss, huge_gradient) in [(vec![1], vec![]), (vec![], vec![1])] {
+        let args = TrainingArgs {
+            gradient_accumulation_steps: 3,
+            ..args(dir.path(), 1)
+        };
+        let mut t = trainer(args, &infinite_loss, &huge_gradient);
+        let losses = t.train().unwrap();
+        assert!(losses[0].is_finite(), "{losses:?}");
+        let (_, checkpoint) = list_checkpoints(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(
+            optimizer_steps(&checkpoint),
+            1.0,
+            "two of three micro-batches applied"
+        );
+    }
+}
+
+#[test]
 fn too_many_nonfinite_steps_in_a_row_stop_with_the_last_good_weights() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = args(dir.path(), 3);

@@ -258,8 +258,10 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
 
     /// The loss and the summed gradients of one optimizer step over `micro` (its
     /// micro-batches), seeded as training at the current step seeds them; with
-    /// `gradient_checkpointing`, through a [`LayerTape`]. A micro-batch whose loss or gradient
-    /// norm is not finite is left out (listed in `nonfinite`). Does not update anything.
+    /// `gradient_checkpointing`, through a [`LayerTape`]. A micro-batch whose loss (or, with
+    /// several micro-batches, gradient norm) is not finite is left out (listed in `nonfinite`);
+    /// a single micro-batch's gradient norm is checked by the caller's clipping. Does not
+    /// update anything.
     pub fn step_gradients(&mut self, micro: &[BatchOf<AB, O>]) -> Result<StepGradients<AB>> {
         let accumulation = Accumulation {
             items: micro.iter().map(|b| self.objective.items(b)).sum(),
@@ -296,8 +298,9 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 continue;
             }
             let grads = loss_grads(&self.model, loss.loss, tape.as_deref());
-            // An overflow can stay out of the loss and still reach the gradients.
-            if !global_norm(&grads)?.is_finite() {
+            // An overflow can stay out of the loss and still reach the gradients. Alone in its
+            // step, a micro-batch's norm is the step's, which the clipping computes anyway.
+            if micro.len() > 1 && !global_norm(&grads)?.is_finite() {
                 out.nonfinite.push(value);
                 continue;
             }
@@ -380,23 +383,27 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                     mut grads,
                     metrics,
                     tokens,
-                    nonfinite,
-                    applied,
+                    mut nonfinite,
+                    mut applied,
                 } = self.step_gradients(&micro)?;
                 window.tokens += tokens;
                 self.state.num_tokens += tokens as u64;
                 for m in &metrics {
                     window.add(m);
                 }
-                let grad_norm = if applied > 0 {
-                    let norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
-                    self.model = self
-                        .optimizer
-                        .update::<AB, _>(self.model.clone(), grads, lr);
-                    norm
-                } else {
-                    f64::NAN
-                };
+                let mut grad_norm = f64::NAN;
+                if applied > 0 {
+                    grad_norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
+                    if grad_norm.is_finite() {
+                        self.model = self
+                            .optimizer
+                            .update::<AB, _>(self.model.clone(), grads, lr);
+                    } else {
+                        // Only possible with one micro-batch (see `step_gradients`).
+                        nonfinite.push(step_loss);
+                        applied = 0;
+                    }
+                }
                 self.state.global_step += 1;
                 self.state.batch_in_epoch = batches_iter.position();
                 if nonfinite.is_empty() {
