@@ -1,5 +1,5 @@
 import math, torch, numpy as np, bitsandbytes as bnb, bitsandbytes.functional as F
-import sys; sys.path.insert(0,"/tmp/notes/17-scripts")
+import os, sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_quant import emu_quant
 f32=np.float32
 def fma(a,b,c):  # a*b+c single rounding
