@@ -8,7 +8,8 @@
 //! * `sft17` / `sft17-gc` and `full17` / `full17-gc`: that SFT step on a 17-tile image (the
 //!   processor's default 2048-px longest edge: 16 tiles + the global one, 1230 tokens) with
 //!   the LoRA, and as a full fine-tune of the text model (vision and connector frozen),
-//!   without and with gradient checkpointing;
+//!   without and with gradient checkpointing; `full17-8bit`: the full fine-tune with
+//!   bitsandbytes' 8-bit AdamW states (`optim = "adamw_8bit"`);
 //! * `sft-bf16` / `sft-int8` / `sft-nf4`: that SFT step with the frozen weights stored in
 //!   bf16 (every projection), int8 or NF4 + double quantisation (text projections; QLoRA);
 //! * `fwd-f32` / `fwd-bf16` / `fwd-int8` / `fwd-nf4`: a forward pass without autodiff, for
@@ -25,11 +26,12 @@ use vlmtune::model::{causal_lm_loss, LayerTape, Preset, SmolVlm, Trainable};
 use vlmtune::peft::{add_adapter, LoraPreset};
 use vlmtune::prelude::TokenBatch;
 use vlmtune::quant::{QuantConfig, RandomInit, Weights};
+use vlmtune::train::optim8bit::{AdamW8bit, Optimizer};
 use vlmtune::train::sft::batch_loss;
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
-const MODES: [&str; 15] = [
+const MODES: [&str; 16] = [
     "lora",
     "full",
     "sft",
@@ -38,6 +40,7 @@ const MODES: [&str; 15] = [
     "sft17-gc",
     "full17",
     "full17-gc",
+    "full17-8bit",
     "sft-bf16",
     "sft-int8",
     "sft-nf4",
@@ -77,7 +80,7 @@ fn run<AB: AutodiffBackend>(mode: &str) {
             add_adapter(&mut model, "default", &lora, 0).unwrap();
         }
         "full" => model = model.with_trainable(Trainable::all()),
-        "full17" | "full17-gc" => {
+        "full17" | "full17-gc" | "full17-8bit" => {
             model = model.with_trainable(Trainable {
                 text: true,
                 ..Trainable::default()
@@ -86,8 +89,12 @@ fn run<AB: AutodiffBackend>(mode: &str) {
         other => panic!("unknown mode {other}"),
     }
     let optimizer_step = mode.starts_with("sft") || mode.starts_with("full17");
-    let mut optimizer =
-        vlmtune::train::optim::AdamW::<AB::InnerBackend>::new(0.9, 0.999, 1e-8, 0.0);
+    // `-8bit`: bitsandbytes' 8-bit AdamW states (`optim = "adamw_8bit"`).
+    let mut optimizer = if mode.ends_with("-8bit") {
+        Optimizer::AdamW8bit(AdamW8bit::new(0.9, 0.999, 1e-8, 0.0))
+    } else {
+        Optimizer::AdamW(vlmtune::train::optim::AdamW::new(0.9, 0.999, 1e-8, 0.0))
+    };
     let ids = if tiles == 1 {
         common::one_tile_prompt(config.image_seq_len(), 16)
     } else {
@@ -131,7 +138,7 @@ fn run<AB: AutodiffBackend>(mode: &str) {
         let mut g = vlmtune::train::optim::loss_grads(&model, loss, tape.as_deref());
         if optimizer_step {
             vlmtune::train::optim::clip_grad_norm(&mut g, 1.0).unwrap();
-            model = optimizer.update::<AB, _>(model.clone(), g, 1e-4);
+            model = optimizer.update::<AB, _>(model.clone(), g, 1e-4).unwrap();
         } else {
             drop(g);
         }

@@ -109,6 +109,7 @@ fn run_child(name: &str) {
             labelled: LABELLED,
         },
         StepSetup {
+            optimizer_8bit: false,
             vision_trains: false,
             gradient_checkpointing: checkpointing,
             checkpoint_every: 1,

@@ -159,6 +159,12 @@ fn unimplemented_unknown_and_infrastructure_keys() {
     let path = write(dir.path(), "sft.yaml", "use_peft: true\n");
     let err = SftJobConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("lora_target_modules"), "{err}");
+    // optim: the 8-bit AdamW names are implemented (paged runs as adamw_8bit).
+    let path = write(dir.path(), "sft.yaml", "optim: paged_adamw_8bit\n");
+    let c = SftJobConfig::from_file(&path).unwrap();
+    assert!(c.training.uses_8bit_optimizer());
+    let path = write(dir.path(), "sft.yaml", "optim: adafactor\n");
+    assert!(SftJobConfig::from_file(&path).is_err());
     // report_to: tensorboard is implemented, others in a list are not silently dropped.
     let path = write(dir.path(), "sft.yaml", "report_to: tensorboard\n");
     let c = SftJobConfig::from_file(&path).unwrap();

@@ -43,6 +43,9 @@ pub struct InspectArgs {
     /// Layers per checkpointed segment.
     #[arg(long, default_value_t = 1)]
     pub checkpoint_every: usize,
+    /// The optimizer of the planned step (`adamw_torch`, `adamw_8bit`).
+    #[arg(long, default_value = "adamw_torch")]
+    pub optim: String,
 }
 
 impl BackendJob for InspectArgs {
@@ -106,6 +109,11 @@ impl InspectArgs {
             },
             self.gradient_checkpointing,
             self.checkpoint_every,
+            vlmtune::train::TrainingArgs {
+                optim: self.optim.clone(),
+                ..Default::default()
+            }
+            .uses_8bit_optimizer(),
         ))
     }
 }

@@ -226,7 +226,21 @@ pub fn translate(doc: &ConfigDocument, job: TrlJob, trl_defaults: bool) -> Resul
                 _ => unsupported.push(at(&format!("save_strategy: {value} (`steps` or `no`)"))),
             },
             "logging_strategy" if value_is(value, &["steps"]) => {}
-            "optim" if value_is(value, &["adamw_torch", "adamw_torch_fused", "adamw_hf"]) => {}
+            "optim"
+                if value_is(
+                    value,
+                    &[
+                        "adamw_torch",
+                        "adamw_torch_fused",
+                        "adamw_hf",
+                        "adamw_8bit",
+                        "adamw_bnb_8bit",
+                        "paged_adamw_8bit",
+                    ],
+                ) =>
+            {
+                to("training", "optim", value.clone())
+            }
             "dtype" | "torch_dtype" => match value.as_str() {
                 None | Some("auto" | "float32") => {}
                 Some("bfloat16") => to("training", "bf16", json!(true)),

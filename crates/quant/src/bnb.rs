@@ -9,7 +9,9 @@
 //!   lookup table of nearest codes);
 //! * int8 row-wise absmax (`int8_vectorwise_quant`): `round(x · (127 / absmax_row))`.
 
-use crate::tables::{dynamic_map, FP4, NF4};
+use std::sync::OnceLock;
+
+use crate::tables::{dynamic_map, unsigned_dynamic_map, FP4, NF4};
 
 /// The 4-bit data types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,38 +134,95 @@ fn quantize_lut(code: &[f32; 256]) -> Vec<u8> {
     lut
 }
 
+/// A 256-entry code table of 8-bit blockwise quantisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code8 {
+    /// `create_dynamic_map(signed=True)` (double quantisation, optimizers' first moments).
+    Signed,
+    /// `create_dynamic_map(signed=False)` (optimizers' second moments).
+    Unsigned,
+}
+
+impl Code8 {
+    /// The table.
+    pub fn table(self) -> [f32; 256] {
+        match self {
+            Self::Signed => dynamic_map(),
+            Self::Unsigned => unsigned_dynamic_map(),
+        }
+    }
+
+    /// The quantiser's lookup table, built once per code.
+    fn lut(self) -> &'static [u8] {
+        static SIGNED: OnceLock<Vec<u8>> = OnceLock::new();
+        static UNSIGNED: OnceLock<Vec<u8>> = OnceLock::new();
+        let cell = match self {
+            Self::Signed => &SIGNED,
+            Self::Unsigned => &UNSIGNED,
+        };
+        cell.get_or_init(|| quantize_lut(&self.table()))
+    }
+}
+
 /// 8-bit blockwise quantisation against the dynamic map, as bitsandbytes' CPU kernel
 /// (`quantize_cpu_impl`, 0.50): `x · (1/absmax)` rounded onto a 65536-point grid of [-1, 1]
 /// and looked up in a table of nearest codes; an all-zero block gets code 0.
 pub fn quantize_blockwise_8bit(values: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
-    let lut = quantize_lut(&dynamic_map());
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(blocksize));
-    let mut out = Vec::with_capacity(values.len());
-    for block in values.chunks(blocksize) {
-        let am = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        absmax.push(am);
-        if am == 0.0 {
-            out.extend(std::iter::repeat_n(0u8, block.len()));
-            continue;
-        }
-        let inv = 1.0f32 / am;
-        for v in block {
-            let normed = (v * inv).clamp(-1.0, 1.0);
-            let grid = ((normed + 1.0) * 0.5 * (LUT_SIZE - 1) as f32 + 0.5) as usize;
-            out.push(lut[grid.min(LUT_SIZE - 1)]);
-        }
-    }
-    (out, absmax)
+    let mut codes = vec![0u8; values.len()];
+    let mut absmax = vec![0.0f32; values.len().div_ceil(blocksize)];
+    quantize_blockwise_8bit_into(values, Code8::Signed, blocksize, &mut codes, &mut absmax);
+    (codes, absmax)
 }
 
-/// `code[q] · absmax[block]` for 8-bit blockwise codes.
+/// [`quantize_blockwise_8bit`] against `code`, into existing buffers (optimizer states are
+/// requantised in place every step). NaN is left out of the absmax and stored as code 0, as
+/// the C++ kernel does.
+pub fn quantize_blockwise_8bit_into(
+    values: &[f32],
+    code: Code8,
+    blocksize: usize,
+    codes: &mut [u8],
+    absmax: &mut [f32],
+) {
+    let lut = code.lut();
+    for ((block, out), am) in values
+        .chunks(blocksize)
+        .zip(codes.chunks_mut(blocksize))
+        .zip(absmax.iter_mut())
+    {
+        *am = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if *am == 0.0 {
+            out.fill(0);
+            continue;
+        }
+        let inv = 1.0f32 / *am;
+        for (v, q) in block.iter().zip(out.iter_mut()) {
+            let normed = (v * inv).clamp(-1.0, 1.0);
+            let grid = ((normed + 1.0) * 0.5 * (LUT_SIZE - 1) as f32 + 0.5) as usize;
+            *q = lut[grid.min(LUT_SIZE - 1)];
+        }
+    }
+}
+
+/// `code[q] · absmax[block]` for 8-bit blockwise codes of the signed dynamic map.
 pub fn dequantize_blockwise_8bit(codes: &[u8], absmax: &[f32], blocksize: usize) -> Vec<f32> {
-    let code = dynamic_map();
-    codes
-        .iter()
-        .enumerate()
-        .map(|(i, q)| code[*q as usize] * absmax[i / blocksize])
-        .collect()
+    let mut out = vec![0.0; codes.len()];
+    dequantize_blockwise_8bit_into(codes, absmax, Code8::Signed, blocksize, &mut out);
+    out
+}
+
+/// `code[q] · absmax[block]` into `out`.
+pub fn dequantize_blockwise_8bit_into(
+    codes: &[u8],
+    absmax: &[f32],
+    code: Code8,
+    blocksize: usize,
+    out: &mut [f32],
+) {
+    let table = code.table();
+    for (i, (q, o)) in codes.iter().zip(out.iter_mut()).enumerate() {
+        *o = table[*q as usize] * absmax[i / blocksize];
+    }
 }
 
 /// Double-quantised absmax statistics (`compress_statistics=True`).

@@ -64,6 +64,9 @@ fn d_seed() -> u64 {
 fn d_checkpoint_every() -> usize {
     1
 }
+fn d_optim() -> String {
+    "adamw_torch".into()
+}
 fn d_max_nonfinite() -> usize {
     10
 }
@@ -109,6 +112,12 @@ pub struct TrainingArgs {
     /// Warm-up steps.
     #[serde(default)]
     pub warmup_steps: usize,
+    /// The optimizer (transformers' names): `adamw_torch` (also `adamw_torch_fused`,
+    /// `adamw_hf`): f32 moments; `adamw_8bit` (also `adamw_bnb_8bit`, and `paged_adamw_8bit`,
+    /// whose paging is a CUDA-memory feature vlmtune does not need): bitsandbytes' blockwise
+    /// 8-bit moments.
+    #[serde(default = "d_optim")]
+    pub optim: String,
     /// AdamW decoupled weight decay (not on biases and norms).
     #[serde(default)]
     pub weight_decay: f64,
@@ -244,6 +253,23 @@ impl TrainingArgs {
                 &format!("`{r}` is not supported (`tensorboard` or `none`)"),
             );
         }
+        if !matches!(
+            self.optim.as_str(),
+            "adamw_torch"
+                | "adamw_torch_fused"
+                | "adamw_hf"
+                | "adamw_8bit"
+                | "adamw_bnb_8bit"
+                | "paged_adamw_8bit"
+        ) {
+            return bad(
+                "optim",
+                &format!(
+                    "`{}` is not supported (adamw_torch, adamw_8bit, paged_adamw_8bit)",
+                    self.optim
+                ),
+            );
+        }
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every", "must be at least 1 layer");
         }
@@ -267,6 +293,14 @@ impl TrainingArgs {
             out.push("num_train_epochs is ignored because max_steps is set".into());
         }
         out
+    }
+
+    /// Whether `optim` keeps 8-bit moments.
+    pub fn uses_8bit_optimizer(&self) -> bool {
+        matches!(
+            self.optim.as_str(),
+            "adamw_8bit" | "adamw_bnb_8bit" | "paged_adamw_8bit"
+        )
     }
 
     /// Optimizer steps per epoch for `batches` micro-batches per epoch.
@@ -326,6 +360,12 @@ mod tests {
             "max_memory = \"1GiB\"\ncheckpoint_every = 2\nmax_steps = 5\nnum_train_epochs = 1",
         )
         .unwrap();
+        assert!(TrainingArgs {
+            optim: "lion".into(),
+            ..TrainingArgs::default()
+        }
+        .validate()
+        .is_err());
         let warnings = a.ineffective_settings().join("\n");
         for field in ["max_memory", "checkpoint_every", "num_train_epochs"] {
             assert!(warnings.contains(field), "{warnings}");

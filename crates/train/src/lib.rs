@@ -19,6 +19,7 @@ pub mod interrupt;
 pub mod memory_plan;
 pub mod metrics;
 pub mod optim;
+pub mod optim8bit;
 pub mod schedule;
 pub mod sft;
 pub mod tensorboard;

@@ -48,6 +48,9 @@ pub struct StepSetup {
     pub gradient_checkpointing: bool,
     /// Layers per checkpointed segment.
     pub checkpoint_every: usize,
+    /// 8-bit optimizer states (`adamw_8bit`: 2 bytes + an f32 per 256 values for both
+    /// moments, instead of 8 bytes).
+    pub optimizer_8bit: bool,
 }
 
 /// An estimate of a training step's peak memory, by part.
@@ -162,7 +165,13 @@ pub fn estimate(
     let trainable = weights.trainable_params as u64;
     MemoryPlan {
         weights: (weights.frozen_bytes + weights.trainable_bytes) as u64,
-        adapters_and_optimizer: trainable * 3 * F32,
+        // The gradient, then the two moments.
+        adapters_and_optimizer: trainable * F32
+            + if setup.optimizer_8bit {
+                2 * trainable + 2 * trainable.div_ceil(256) * F32
+            } else {
+                2 * trainable * F32
+            },
         activations: (pixels + vision_phase.max(vision_kept + text + head)).max(trainable * F32),
         runtime: RUNTIME_BYTES,
     }
@@ -175,6 +184,7 @@ pub fn plan_model<AB: burn::tensor::backend::AutodiffBackend>(
     shape: StepShape,
     gradient_checkpointing: bool,
     checkpoint_every: usize,
+    optimizer_8bit: bool,
 ) -> MemoryPlan {
     estimate(
         model.config(),
@@ -184,6 +194,7 @@ pub fn plan_model<AB: burn::tensor::backend::AutodiffBackend>(
             vision_trains: model.vision_is_trainable(),
             gradient_checkpointing,
             checkpoint_every,
+            optimizer_8bit,
         },
     )
 }
@@ -339,6 +350,7 @@ mod tests {
             labelled: 16,
         };
         let setup = |gradient_checkpointing| StepSetup {
+            optimizer_8bit: false,
             vision_trains: false,
             gradient_checkpointing,
             checkpoint_every: 1,

@@ -162,6 +162,32 @@ pub fn clip_grad_norm<B: Backend>(grads: &mut TensorMap<B>, max_norm: f64) -> Re
     Ok(norm)
 }
 
+/// The values of the parameters named in `wanted`, flattened, by path.
+pub(crate) fn param_values<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    wanted: std::collections::BTreeSet<String>,
+) -> TensorMap<AB::InnerBackend> {
+    let mut values = ValueCollector::<AB> {
+        path: PathTracker::default(),
+        wanted,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut values);
+    values.out
+}
+
+/// `module` with the parameters named in `values` replaced (keeping their shapes and whether
+/// they train).
+pub(crate) fn set_param_values<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: M,
+    values: TensorMap<AB::InnerBackend>,
+) -> M {
+    module.map(&mut ValueSetter::<AB> {
+        path: PathTracker::default(),
+        values,
+    })
+}
+
 /// Whether weight decay applies to `path` (transformers skips biases and norm weights).
 pub fn decays(path: &str) -> bool {
     !(path.ends_with("bias") || path.contains("norm"))
@@ -210,15 +236,10 @@ impl<B: Backend> AdamW<B> {
         let t = self.step as i32;
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        let mut values = ValueCollector::<AB> {
-            path: PathTracker::default(),
-            wanted: grads.keys().cloned().collect(),
-            out: BTreeMap::new(),
-        };
-        module.visit(&mut values);
+        let mut values = param_values::<AB, M>(&module, grads.keys().cloned().collect());
         let mut new_values = BTreeMap::new();
         for (path, g) in grads {
-            let Some(p) = values.out.remove(&path) else {
+            let Some(p) = values.remove(&path) else {
                 continue;
             };
             let p = if self.weight_decay > 0.0 && decays(&path) {
@@ -240,10 +261,7 @@ impl<B: Backend> AdamW<B> {
             self.exp_avg_sq.insert(path.clone(), v);
             new_values.insert(path, updated);
         }
-        module.map(&mut ValueSetter::<AB> {
-            path: PathTracker::default(),
-            values: new_values,
-        })
+        set_param_values::<AB, M>(module, new_values)
     }
 
     /// The state as named tensors (`exp_avg.<path>`, `exp_avg_sq.<path>`, `step`).

@@ -23,6 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::memory_plan::StepShape;
 use crate::metrics::{MetricsLog, Window};
 use crate::optim::{accumulate, clip_grad_norm, global_norm, loss_grads, AdamW, TensorMap};
+use crate::optim8bit::{AdamW8bit, Optimizer};
 use crate::schedule::lr_lambda;
 
 /// The accumulated batch a micro-batch belongs to.
@@ -100,7 +101,7 @@ pub struct Trainer<AB: AutodiffBackend, O: Objective<AB>> {
     /// A tape to checkpoint with instead of a fresh [`LayerTape`] per micro-batch (tests).
     #[doc(hidden)]
     pub tape: Option<std::rc::Rc<LayerTape<AB>>>,
-    optimizer: AdamW<AB::InnerBackend>,
+    optimizer: Optimizer<AB::InnerBackend>,
     device: AB::Device,
 }
 
@@ -131,13 +132,22 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                     .into(),
             });
         }
+        let (b1, b2, eps, wd) = (
+            args.adam_beta1,
+            args.adam_beta2,
+            args.adam_epsilon,
+            args.weight_decay,
+        );
+        let optimizer = if args.uses_8bit_optimizer() {
+            if args.optim == "paged_adamw_8bit" {
+                tracing::info!("paged_adamw_8bit runs as adamw_8bit: paging moves optimizer states out of CUDA memory, which vlmtune does not need");
+            }
+            Optimizer::AdamW8bit(AdamW8bit::new(b1, b2, eps, wd))
+        } else {
+            Optimizer::AdamW(AdamW::new(b1, b2, eps, wd))
+        };
         Ok(Self {
-            optimizer: AdamW::new(
-                args.adam_beta1,
-                args.adam_beta2,
-                args.adam_epsilon,
-                args.weight_decay,
-            ),
+            optimizer,
             model,
             args,
             objective,
@@ -251,7 +261,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         self.optimizer.load_state(
             checkpoint::read_named(&dir.join(checkpoint::OPTIMIZER_FILE))?,
             &self.device,
-        );
+        )?;
         self.state = state;
         Ok(())
     }
@@ -395,9 +405,9 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 if applied > 0 {
                     grad_norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
                     if grad_norm.is_finite() {
-                        self.model = self
-                            .optimizer
-                            .update::<AB, _>(self.model.clone(), grads, lr);
+                        self.model =
+                            self.optimizer
+                                .update::<AB, _>(self.model.clone(), grads, lr)?;
                     } else {
                         // Only possible with one micro-batch (see `step_gradients`).
                         nonfinite.push(step_loss);

@@ -44,6 +44,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             },
             self.args.gradient_checkpointing,
             self.args.checkpoint_every,
+            self.args.uses_8bit_optimizer(),
         )
     }
 
