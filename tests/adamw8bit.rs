@@ -196,3 +196,55 @@ fn training_with_8bit_states_tracks_the_f32_run() {
         assert!(f32_run[29] < f32_run[0] * 0.9, "it learns: {f32_run:?}");
     }
 }
+
+/// Kill + resume == uninterrupted, with 8-bit states in the checkpoint.
+#[test]
+fn a_run_with_8bit_states_resumes_exactly() {
+    use std::sync::Arc;
+    use vlmtune_data::{dataset::jsonl, CollatorConfig, DatasetFormat, Processor, SftCollator};
+    use vlmtune_train::{SftTrainer, TrainingArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let trainer = |out: &std::path::Path| {
+        let mut model =
+            vlmtune_model::load_dir::<AB>(&fixture_path("tiny-smolvlm"), &Default::default())
+                .unwrap();
+        let config = vlmtune_peft::LoraPreset::AllLinear.config(64, 64.0);
+        vlmtune_peft::add_adapter(&mut model, "default", &config, 0).unwrap();
+        let collator = SftCollator::new(
+            Processor::from_dir(&fixture_path("tiny-smolvlm")).unwrap(),
+            CollatorConfig::default(),
+        );
+        let data =
+            jsonl::load_sft(&fixture_path("sft/data.jsonl"), &DatasetFormat::default()).unwrap();
+        let args = TrainingArgs {
+            output_dir: out.to_path_buf(),
+            max_steps: 6,
+            per_device_train_batch_size: 1,
+            learning_rate: 5e-3,
+            save_steps: 3,
+            progress_bar: false,
+            optim: "adamw_8bit".into(),
+            ..TrainingArgs::default()
+        };
+        SftTrainer::new(model, args, Arc::new(collator), data, Default::default())
+            .unwrap()
+            .with_adapter(config)
+    };
+    let whole = trainer(&dir.path().join("whole")).train().unwrap();
+    let run = dir.path().join("run");
+    let mut first = trainer(&run);
+    first.stop_after = Some(3);
+    let head = first.train().unwrap();
+    drop(first);
+    let mut second = trainer(&run);
+    second.args.resume_from_checkpoint = Some("latest".into());
+    let tail = second.train().unwrap();
+    assert_eq!([head, tail].concat(), whole);
+    let state =
+        vlmtune_train::checkpoint::read_named(&run.join("checkpoint-3/optimizer.safetensors"))
+            .unwrap();
+    assert!(
+        state.iter().any(|t| t.name.starts_with("state1.")),
+        "8-bit codes saved"
+    );
+}
