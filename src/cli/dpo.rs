@@ -70,23 +70,13 @@ pub struct DpoArgs {
 impl DpoArgs {
     /// The job config: file (or built-in defaults) with flags applied.
     pub fn job_config(&self) -> anyhow::Result<DpoJobConfig> {
-        let trl_line = self.config.is_none()
-            && ["model_name_or_path", "dataset_name"]
-                .iter()
-                .any(|k| self.trl.contains_key(*k));
-        let job = vlmtune::trl::TrlJob::Dpo;
-        let mut c = match &self.config {
-            Some(path) => DpoJobConfig::from_file(path)?,
-            // A TRL command line (it names the model or the data): TRL's defaults, not the
-            // built-in tiny job's.
-            None if trl_line => {
-                vlmtune::trl::apply_overrides(&DpoJobConfig::default(), &self.trl, job, true)?
-            }
-            None => DpoJobConfig::builtin(),
-        };
-        if !trl_line && !self.trl.is_empty() {
-            c = vlmtune::trl::apply_overrides(&c, &self.trl, job, false)?;
-        }
+        let mut c = crate::cli::trl_args::base_config(
+            self.config.as_deref(),
+            &self.trl,
+            vlmtune::trl::TrlJob::Dpo,
+            DpoJobConfig::from_file,
+            DpoJobConfig::builtin,
+        )?;
         if let Some(v) = &self.model {
             c.model.name = v.clone();
         }

@@ -89,6 +89,39 @@ pub fn split(command: &Command, args: Vec<OsString>) -> (Vec<OsString>, TrlOverr
     (out, overrides)
 }
 
+/// The config a `sft` / `dpo` command line starts from, with its TRL keys applied: the file
+/// (`from_file`), or for a TRL command line (one naming the model or the data that way) the
+/// job's defaults with TRL's, or else the built-in job (`builtin`).
+pub fn base_config<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
+    file: Option<&std::path::Path>,
+    trl: &TrlOverrides,
+    job: vlmtune::trl::TrlJob,
+    from_file: impl FnOnce(&std::path::Path) -> vlmtune::Result<T>,
+    builtin: impl FnOnce() -> T,
+) -> anyhow::Result<T> {
+    let trl_line = file.is_none()
+        && ["model_name_or_path", "dataset_name"]
+            .iter()
+            .any(|k| trl.contains_key(*k));
+    if trl_line {
+        return Ok(vlmtune::trl::apply_overrides(
+            &T::default(),
+            trl,
+            job,
+            true,
+        )?);
+    }
+    let base = match file {
+        Some(path) => from_file(path)?,
+        None => builtin(),
+    };
+    Ok(if trl.is_empty() {
+        base
+    } else {
+        vlmtune::trl::apply_overrides(&base, trl, job, false)?
+    })
+}
+
 /// A command-line value as HfArgumentParser would type it.
 fn scalar(text: &str) -> Value {
     match text {

@@ -87,9 +87,7 @@ impl DpoJobConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let (mut config, lora_keys) =
             super::read_config(path, &Self::schema(), crate::trl::TrlJob::Dpo)?;
-        if let Some(lora) = &mut config.lora {
-            lora.explicit = lora_keys;
-        }
+        LoraSection::record_keys(&mut config.lora, lora_keys);
         Ok(config)
     }
 

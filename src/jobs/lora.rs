@@ -38,6 +38,13 @@ impl PartialEq for LoraSection {
 }
 
 impl LoraSection {
+    /// Records which `[lora]` keys a config file wrote (see [`LoraSection::explicit`]).
+    pub fn record_keys(section: &mut Option<Self>, keys: Vec<String>) {
+        if let Some(lora) = section {
+            lora.explicit = keys;
+        }
+    }
+
     /// Every key of `[lora]` (with the PEFT fields kept as-is added by the reader).
     pub fn schema() -> Self {
         Self {

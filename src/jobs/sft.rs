@@ -138,9 +138,7 @@ impl SftJobConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let (mut config, lora_keys) =
             super::read_config(path, &Self::schema(), crate::trl::TrlJob::Sft)?;
-        if let Some(lora) = &mut config.lora {
-            lora.explicit = lora_keys;
-        }
+        LoraSection::record_keys(&mut config.lora, lora_keys);
         Ok(config)
     }
 
