@@ -31,6 +31,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Print the architecture and parameter counts of a checkpoint or preset.
     Inspect(cli::inspect::InspectArgs),
+    /// Serve the orchestrator multi-machine `sft` / `dpo` runs register with (`--master-addr`).
+    Orchestrator(cli::distributed::OrchestratorArgs),
     /// Merge an adapter into its base model and save a Hugging Face checkpoint.
     Merge(cli::merge::MergeArgs),
     /// Draw a run's training and eval curves (RUN_DIR/curves.png) from its metrics.jsonl.
@@ -89,6 +91,7 @@ fn run() -> anyhow::Result<()> {
         Command::Generate(args) => println!("{}", dispatch(cli.device, args)??),
         Command::Inspect(args) => print!("{}", dispatch(cli.device, args)??),
         Command::Merge(args) => eprintln!("{}", dispatch(cli.device, args)??),
+        Command::Orchestrator(args) => args.run()?,
         Command::Plot(args) => println!("{}", args.run()?.display()),
         Command::Sft(args) => {
             let config = args.job_config()?;

@@ -61,6 +61,9 @@ pub struct DpoArgs {
     /// Resuming, bad examples, non-finite steps.
     #[command(flatten)]
     pub run_control: crate::cli::run_control::RunControlArgs,
+    /// Data parallelism (torchrun's flags).
+    #[command(flatten)]
+    pub distributed: crate::cli::distributed::DistributedArgs,
     /// TRL keys from the command line that have no vlmtune flag (`--model_name_or_path`,
     /// `--use_peft`, ...), split off by [`crate::cli::trl_args::split`].
     #[arg(skip)]
@@ -120,6 +123,7 @@ impl DpoArgs {
             c.lora.get_or_insert_with(Default::default).adapter = Some(dir.clone());
         }
         self.run_control.apply(&mut c.training, &mut c.dataset);
+        self.distributed.apply(&mut c.distributed);
         self.memory.apply(&mut c.training);
         Ok(c)
     }

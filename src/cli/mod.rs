@@ -1,6 +1,7 @@
 //! The `vlmtune` subcommands, one file each.
 
 pub mod batch;
+pub mod distributed;
 pub mod dpo;
 pub mod eval;
 pub mod generate;

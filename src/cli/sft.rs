@@ -74,6 +74,9 @@ pub struct SftArgs {
     /// Resuming, bad examples, non-finite steps.
     #[command(flatten)]
     pub run_control: crate::cli::run_control::RunControlArgs,
+    /// Data parallelism (torchrun's flags).
+    #[command(flatten)]
+    pub distributed: crate::cli::distributed::DistributedArgs,
     /// TRL keys from the command line that have no vlmtune flag (`--model_name_or_path`,
     /// `--use_peft`, ...), split off by [`crate::cli::trl_args::split`].
     #[arg(skip)]
@@ -200,6 +203,7 @@ impl SftArgs {
         }
         self.memory.apply(t);
         self.run_control.apply(t, &mut c.dataset);
+        self.distributed.apply(&mut c.distributed);
         t.bf16 |= self.bf16;
         t.progress_bar &= !self.no_progress;
         if let Some(n) = self.num_train {

@@ -12,11 +12,12 @@ use vlmtune_data::dataset::{self, synthetic, DatasetSource};
 use vlmtune_data::{PreferenceCollator, PreferenceExample, Processor};
 use vlmtune_model::Trainable;
 use vlmtune_peft::LoraPreset;
+use vlmtune_train::distributed::{launch, Collective, DistributedConfig};
 use vlmtune_train::{DpoConfig, DpoTrainer, Objective, ReferenceSource, TrainingArgs};
 
 use super::sft::{model_dir, prepare_model, DatasetSection, LoraSection, ModelSection};
 use super::Splits;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The whole `dpo.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,8 @@ pub struct DpoJobConfig {
     pub training: TrainingArgs,
     /// Most new tokens of generated answers to held-out prompts.
     pub eval_max_new_tokens: usize,
+    /// Data parallelism (ranks on this machine and others).
+    pub distributed: DistributedConfig,
 }
 
 impl DpoJobConfig {
@@ -165,10 +168,30 @@ pub fn run_dpo<AB: AutodiffBackend>(
         // policy as it starts, not the bare base.
         config.dpo.reference = ReferenceSource::InitialPolicy;
     }
+    config.distributed.validate()?;
     let config = &config;
     let dir = model_dir::<AB>(&config.model, &config.training.output_dir, &device)?;
+    let processor = Processor::from_dir(&dir)?;
+    let mut sft = SftCollator::new(processor, config.collator.clone());
+    sft.on_bad_example = config.dataset.on_bad_example;
+    let collator = Arc::new(PreferenceCollator { sft });
+    let splits = load_pairs(&config.dataset)?;
+    launch::<AB::InnerBackend, _, Error, _>(&config.distributed, device, |collective, device| {
+        train_rank::<AB>(config, &dir, collator.clone(), &splits, collective, device)
+    })
+}
+
+/// One rank of [`run_dpo`] (the only one without `[distributed]`).
+fn train_rank<AB: AutodiffBackend>(
+    config: &DpoJobConfig,
+    dir: &std::path::Path,
+    collator: Arc<PreferenceCollator>,
+    splits: &Splits<PreferenceExample>,
+    collective: Arc<dyn Collective<AB::InnerBackend>>,
+    device: AB::Device,
+) -> Result<DpoReport> {
     let (model, adapter) = prepare_model::<AB>(
-        &dir,
+        dir,
         &config.model.name,
         config.lora.as_ref(),
         config.trainable,
@@ -176,27 +199,25 @@ pub fn run_dpo<AB: AutodiffBackend>(
         config.training.seed,
         &device,
     )?;
-    let processor = Processor::from_dir(&dir)?;
-    let mut sft = SftCollator::new(processor, config.collator.clone());
-    sft.on_bad_example = config.dataset.on_bad_example;
-    let collator = Arc::new(PreferenceCollator { sft });
-    let Splits {
-        train,
-        eval,
-        skipped,
-    } = load_pairs(&config.dataset)?;
     let mut dpo = config.dpo.clone();
     dpo.reference_quant = config.quant.clone();
-    let mut trainer =
-        DpoTrainer::new(model, config.training.clone(), dpo, collator, train, device)?;
-    trainer.base_dir = Some(dir);
+    let mut trainer = DpoTrainer::new(
+        model,
+        config.training.clone(),
+        dpo,
+        collator,
+        splits.train.clone(),
+        device,
+    )?
+    .with_collective(collective);
+    trainer.base_dir = Some(dir.to_path_buf());
     trainer.objective.eval_max_new_tokens = config.eval_max_new_tokens;
     if let Some(lora) = adapter {
         trainer = trainer.with_adapter(lora);
     }
-    let has_eval = !eval.is_empty();
+    let has_eval = !splits.eval.is_empty() && trainer.is_main();
     if has_eval {
-        trainer = trainer.with_eval(eval);
+        trainer = trainer.with_eval(splits.eval.clone());
     }
     let before = if has_eval && config.training.resume_from_checkpoint.is_none() {
         let inner = burn::module::AutodiffModule::valid(&trainer.model);
@@ -221,13 +242,15 @@ pub fn run_dpo<AB: AutodiffBackend>(
         })
         .unwrap_or_default();
     let saved_to = config.training.output_dir.join("final");
-    trainer.save_model(&saved_to)?;
+    if trainer.is_main() {
+        trainer.save_model(&saved_to)?;
+    }
     Ok(DpoReport {
         losses,
         before,
         after,
         saved_to,
         train_seconds,
-        bad_examples: skipped + trainer.encoder.sft.bad_examples(),
+        bad_examples: splits.skipped + trainer.encoder.sft.bad_examples(),
     })
 }

@@ -13,6 +13,7 @@ use vlmtune_data::{DatasetFormat, FormatKind, OnBadExample, Processor, SftExampl
 use vlmtune_model::{load_dir_with, resolve_model, LoadOptions, SmolVlm, Trainable};
 use vlmtune_peft::{add_adapter, LoraConfig};
 use vlmtune_quant::QuantConfig;
+use vlmtune_train::distributed::{launch, Collective, DistributedConfig};
 use vlmtune_train::{SftTrainer, TrainingArgs};
 
 pub use super::lora::LoraSection;
@@ -110,6 +111,8 @@ pub struct SftJobConfig {
     pub training: TrainingArgs,
     /// Most new tokens of generated evaluation answers.
     pub eval_max_new_tokens: usize,
+    /// Data parallelism (ranks on this machine and others).
+    pub distributed: DistributedConfig,
 }
 
 impl SftJobConfig {
@@ -340,17 +343,44 @@ fn ensure_trainable_not_quantized<B: burn::tensor::backend::Backend>(
     }
 }
 
-/// Runs the job: evaluates, trains, evaluates, saves to `<output_dir>/final`.
+/// Runs the job: evaluates, trains, evaluates, saves to `<output_dir>/final`. With
+/// `[distributed]`, every rank trains a replica on its share of the data and rank 0
+/// evaluates, logs and saves.
 pub fn run_sft<AB: AutodiffBackend>(
     config: &SftJobConfig,
     device: AB::Device,
 ) -> Result<SftReport> {
     let mut config = config.clone();
     resolve_adapter_folder(&mut config.model, &mut config.lora)?;
+    config.distributed.validate()?;
     let config = &config;
     let dir = model_dir::<AB>(&config.model, &config.training.output_dir, &device)?;
+    let processor = Processor::from_dir(&dir)?;
+    let mut collator = SftCollator::new(processor, config.collator.clone());
+    collator.on_bad_example = config.dataset.on_bad_example;
+    let collator = Arc::new(collator);
+    let splits = load_examples(&config.dataset)?;
+    tracing::info!(
+        train = splits.train.len(),
+        eval = splits.eval.len(),
+        "dataset loaded"
+    );
+    launch::<AB::InnerBackend, _, Error, _>(&config.distributed, device, |collective, device| {
+        train_rank::<AB>(config, &dir, collator.clone(), &splits, collective, device)
+    })
+}
+
+/// One rank of [`run_sft`] (the only one without `[distributed]`).
+fn train_rank<AB: AutodiffBackend>(
+    config: &SftJobConfig,
+    dir: &Path,
+    collator: Arc<SftCollator>,
+    splits: &Splits<SftExample>,
+    collective: Arc<dyn Collective<AB::InnerBackend>>,
+    device: AB::Device,
+) -> Result<SftReport> {
     let (model, adapter) = prepare_model::<AB>(
-        &dir,
+        dir,
         &config.model.name,
         config.lora.as_ref(),
         config.trainable,
@@ -358,24 +388,21 @@ pub fn run_sft<AB: AutodiffBackend>(
         config.training.seed,
         &device,
     )?;
-    let processor = Processor::from_dir(&dir)?;
-    let mut collator = SftCollator::new(processor, config.collator.clone());
-    collator.on_bad_example = config.dataset.on_bad_example;
-    let collator = Arc::new(collator);
-    let Splits {
-        train,
-        eval,
-        skipped,
-    } = load_examples(&config.dataset)?;
-    tracing::info!(train = train.len(), eval = eval.len(), "dataset loaded");
-    let mut trainer = SftTrainer::new(model, config.training.clone(), collator, train, device)?;
-    trainer.base_dir = Some(dir.clone());
+    let mut trainer = SftTrainer::new(
+        model,
+        config.training.clone(),
+        collator,
+        splits.train.clone(),
+        device,
+    )?
+    .with_collective(collective);
+    trainer.base_dir = Some(dir.to_path_buf());
     trainer.objective.eval_max_new_tokens = config.eval_max_new_tokens;
     if let Some(lora) = adapter {
         trainer = trainer.with_adapter(lora);
     }
-    if !eval.is_empty() {
-        trainer = trainer.with_eval(eval);
+    if !splits.eval.is_empty() && trainer.is_main() {
+        trainer = trainer.with_eval(splits.eval.clone());
     }
     let trainable = vlmtune_peft::trainable_report::<AB, _>(&trainer.model).to_string();
     let memory = vlmtune_peft::memory_report::<AB, _>(&trainer.model).to_string();
@@ -401,7 +428,9 @@ pub fn run_sft<AB: AutodiffBackend>(
         None
     };
     let saved_to = config.training.output_dir.join("final");
-    trainer.save_model(&saved_to)?;
+    if trainer.is_main() {
+        trainer.save_model(&saved_to)?;
+    }
     let synthetic =
         DatasetSource::parse(&config.dataset.source).ok() == Some(DatasetSource::Synthetic);
     Ok(SftReport {
@@ -419,7 +448,7 @@ pub fn run_sft<AB: AutodiffBackend>(
             .map(|e| e.answers)
             .unwrap_or_default(),
         chance_accuracy: synthetic.then(synthetic::chance_accuracy),
-        bad_examples: skipped + trainer.encoder.bad_examples(),
+        bad_examples: splits.skipped + trainer.encoder.bad_examples(),
     })
 }
 

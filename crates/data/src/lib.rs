@@ -15,6 +15,7 @@ pub mod error;
 pub mod loader;
 pub mod preference;
 pub mod processor;
+pub mod shard;
 
 pub use collate::{CollatorConfig, EncodedExample, SftCollator, TooLong, TrainBatch, IGNORE_INDEX};
 pub use dataset::{
@@ -25,3 +26,4 @@ pub use error::{DataError, Result};
 pub use loader::{epoch_batches, BatchEncoder, LoaderConfig};
 pub use preference::{EncodedPair, PreferenceBatch, PreferenceCollator};
 pub use processor::{BatchEncoding, Message, PixelValues, ProcessOptions, Processor};
+pub use shard::Shard;

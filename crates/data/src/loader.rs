@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::Result;
+pub use crate::shard::Shard;
 
 /// Turns a batch's examples into a model batch (runs on worker threads).
 pub trait BatchEncoder<E>: Send + Sync {
@@ -44,6 +45,8 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches encoded ahead of the consumer.
     pub prefetch: usize,
+    /// The data-parallel rank fed (its share of every epoch's batches).
+    pub shard: Shard,
 }
 
 impl Default for LoaderConfig {
@@ -54,6 +57,7 @@ impl Default for LoaderConfig {
             seed: 42,
             workers: 2,
             prefetch: 4,
+            shard: Shard::default(),
         }
     }
 }
@@ -63,7 +67,7 @@ pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
     len.div_ceil(batch_size.max(1))
 }
 
-/// Iterates the batches of `epoch` from batch `start` on, encoding ahead on worker threads.
+/// Iterates the batches of `epoch` (this rank's share) from batch `start` on, encoding ahead on worker threads.
 pub struct EpochBatches<B> {
     receiver: crossbeam_channel::Receiver<(usize, Result<B>)>,
     buffer: BTreeMap<usize, Result<B>>,
@@ -130,6 +134,7 @@ where
         .chunks(config.batch_size.max(1))
         .map(<[usize]>::to_vec)
         .collect();
+    let batches = config.shard.batches(batches, config.batch_size.max(1));
     let end = batches.len();
     let workers = config.workers.max(1);
     let (job_tx, job_rx) =

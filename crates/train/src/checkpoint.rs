@@ -43,6 +43,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
+/// The folder of the checkpoint of `step`: `root/checkpoint-<step>`.
+pub fn checkpoint_dir(root: &Path, step: usize) -> PathBuf {
+    root.join(format!("checkpoint-{step}"))
+}
+
 /// Writes a checkpoint folder `root/checkpoint-<step>` atomically. `write_files` fills the
 /// temporary folder with the model files; the trainer adds weights, optimizer and state.
 pub fn save_checkpoint(
@@ -53,8 +58,8 @@ pub fn save_checkpoint(
     write_files: impl FnOnce(&Path) -> Result<()>,
     save_total_limit: Option<usize>,
 ) -> Result<PathBuf> {
+    let final_dir = checkpoint_dir(root, state.global_step);
     let name = format!("checkpoint-{}", state.global_step);
-    let final_dir = root.join(&name);
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let written =
         write_checkpoint_files(&tmp, &final_dir, state, trainable, optimizer, write_files);

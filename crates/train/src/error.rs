@@ -62,6 +62,9 @@ pub enum TrainError {
         /// The checkpoint written.
         checkpoint: PathBuf,
     },
+    /// A data-parallel rank failed, or the others did not answer.
+    #[error("data-parallel training: {0}")]
+    Distributed(String),
     /// Training was interrupted (SIGINT / SIGTERM) and checkpointed.
     #[error("interrupted after step {step}; checkpoint saved to {}; resume with `--resume-from-checkpoint true` (the same command and output_dir)", checkpoint.display())]
     Interrupted {

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod checkpoint;
 pub mod curves;
+pub mod distributed;
 pub mod dpo;
 pub mod error;
 pub mod eval;
@@ -26,6 +27,7 @@ pub mod tensorboard;
 pub mod trainer;
 
 pub use args::{SchedulerType, TrainingArgs};
+pub use distributed::{Collective, DistributedConfig, SingleProcess};
 pub use dpo::{DpoConfig, DpoLossType, DpoObjective, DpoTrainer, ReferenceSource};
 pub use error::{Result, TrainError};
 pub use eval::relaxed_correct;

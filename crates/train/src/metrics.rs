@@ -159,12 +159,13 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub fn add(&mut self, metrics: &[(&'static str, f64)]) {
+    /// Adds metric totals: `(name, sum, count)` over micro-batches (and ranks).
+    pub fn add_totals(&mut self, totals: &[(&'static str, f64, usize)]) {
         self.start.get_or_insert_with(Instant::now);
-        for (k, v) in metrics {
+        for (k, sum, n) in totals {
             let e = self.metrics.entry(k).or_default();
-            e.0 += v;
-            e.1 += 1;
+            e.0 += sum;
+            e.1 += n;
         }
     }
 

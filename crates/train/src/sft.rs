@@ -225,6 +225,10 @@ impl<AB: AutodiffBackend> Objective<AB> for SftObjective<AB> {
         )
     }
 
+    fn metric_names(&self) -> &'static [&'static str] {
+        &["mean_token_accuracy"]
+    }
+
     fn has_eval(&self) -> bool {
         self.eval_set.is_some()
     }

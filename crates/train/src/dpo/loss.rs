@@ -8,6 +8,19 @@ use super::logps::{host, SequenceLogps};
 use super::{DpoConfig, DpoLossType, NamedMetrics};
 use crate::error::Result;
 
+/// The metrics [`dpo_loss`] returns (TRL's names).
+pub const METRICS: &[&str] = &[
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "mean_token_accuracy",
+];
+
 /// DPO's losses and metrics from policy and reference sequence log-probabilities.
 pub fn dpo_loss<B: Backend>(
     config: &DpoConfig,

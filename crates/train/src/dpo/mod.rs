@@ -308,6 +308,10 @@ impl<AB: AutodiffBackend> Objective<AB> for DpoObjective<AB> {
         }))
     }
 
+    fn metric_names(&self) -> &'static [&'static str] {
+        loss::METRICS
+    }
+
     fn has_eval(&self) -> bool {
         self.eval_set.is_some()
     }

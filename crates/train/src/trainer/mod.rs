@@ -2,7 +2,10 @@
 //! accumulation, clipping, AdamW on a schedule, TRL-named metrics, periodic evaluation,
 //! atomic checkpoints and exact resume. What a step computes is an [`Objective`].
 
+mod data_parallel;
 mod planning;
+
+use data_parallel::SharedStep;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use vlmtune_quant::NamedTensor;
 
 use crate::args::TrainingArgs;
 use crate::checkpoint::{self, TrainerState};
+use crate::distributed::{Collective, SingleProcess};
 use crate::error::{Result, TrainError};
 use crate::memory_plan::StepShape;
 use crate::metrics::{MetricsLog, Window};
@@ -71,6 +75,11 @@ pub trait Objective<AB: AutodiffBackend> {
     fn has_eval(&self) -> bool {
         false
     }
+    /// The names of the metrics [`Objective::loss`] returns, which data-parallel ranks
+    /// average (a metric missing here is an error with more than one rank).
+    fn metric_names(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Held-out metrics (logged with an `eval_` prefix).
     fn evaluate(&mut self, _model: &SmolVlm<AB::InnerBackend>) -> Result<BTreeMap<String, f64>> {
         Ok(BTreeMap::new())
@@ -103,6 +112,7 @@ pub struct Trainer<AB: AutodiffBackend, O: Objective<AB>> {
     pub tape: Option<std::rc::Rc<LayerTape<AB>>>,
     optimizer: Optimizer<AB::InnerBackend>,
     device: AB::Device,
+    collective: Arc<dyn Collective<AB::InnerBackend>>,
 }
 
 impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
@@ -159,6 +169,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             stop_after: None,
             tape: None,
             device,
+            collective: Arc::new(SingleProcess),
         })
     }
 
@@ -180,6 +191,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             seed: self.args.seed,
             workers: self.args.dataloader_num_workers,
             prefetch: 4,
+            shard: self.shard(),
         }
     }
 
@@ -221,7 +233,14 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         }
     }
 
+    /// Writes a checkpoint (the main rank; the others return the folder it writes).
     fn save_checkpoint(&self) -> Result<PathBuf> {
+        if !self.is_main() {
+            return Ok(checkpoint::checkpoint_dir(
+                &self.args.output_dir,
+                self.state.global_step,
+            ));
+        }
         self.draw_curves();
         let full_model = self.adapter.is_none();
         checkpoint::save_checkpoint(
@@ -273,10 +292,8 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
     /// a single micro-batch's gradient norm is checked by the caller's clipping. Does not
     /// update anything.
     pub fn step_gradients(&mut self, micro: &[BatchOf<AB, O>]) -> Result<StepGradients<AB>> {
-        let accumulation = Accumulation {
-            items: micro.iter().map(|b| self.objective.items(b)).sum(),
-            micro_batches: micro.len(),
-        };
+        let accumulation = self.accumulation(micro)?;
+        let (rank, world) = (self.collective.rank(), self.collective.world());
         let mut out = StepGradients {
             loss: 0.0,
             grads: TensorMap::new(),
@@ -286,7 +303,10 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             applied: 0,
         };
         for (m, batch) in micro.iter().enumerate() {
-            let seed = self.args.seed ^ ((self.state.global_step as u64) << 8) ^ m as u64;
+            // Seeded by the micro-batch's place in the global accumulated batch, so the ranks
+            // of a data-parallel run draw what one process accumulating their batches would.
+            let index = (m * world + rank) as u64;
+            let seed = self.args.seed ^ ((self.state.global_step as u64) << 8) ^ index;
             AB::seed(&self.device, seed);
             vlmtune_peft::dropout::begin_step(seed);
             out.tokens += self.objective.tokens(batch);
@@ -333,14 +353,18 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             self.resume(&dir)?;
             tracing::info!(checkpoint = %dir.display(), step = self.state.global_step, "resumed");
         }
-        let batches =
-            batches_per_epoch(self.train_set.len(), self.args.per_device_train_batch_size);
+        let batches = self.shard().batches_per_rank(batches_per_epoch(
+            self.train_set.len(),
+            self.args.per_device_train_batch_size,
+        ));
         let total = self.args.total_steps(batches);
         let warmup = self.args.warmup(total);
         let report = vlmtune_peft::trainable_report::<AB, _>(&self.model);
         let memory = vlmtune_peft::memory_report::<AB, _>(&self.model);
-        tracing::info!(%report, total_steps = total, "training");
-        tracing::info!(%memory, "weight memory");
+        if self.is_main() {
+            tracing::info!(%report, total_steps = total, "training");
+            tracing::info!(%memory, "weight memory");
+        }
         let tensorboard = self
             .args
             .report_to
@@ -352,13 +376,17 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                     .clone()
                     .unwrap_or_else(|| self.args.output_dir.join("runs"))
             });
-        let mut log = MetricsLog::open(
-            &self.args.output_dir,
-            total,
-            self.state.global_step,
-            self.args.progress_bar,
-            tensorboard.as_deref(),
-        )?;
+        let mut log = if self.is_main() {
+            MetricsLog::open(
+                &self.args.output_dir,
+                total,
+                self.state.global_step,
+                self.args.progress_bar,
+                tensorboard.as_deref(),
+            )?
+        } else {
+            MetricsLog::silent()
+        };
         let mut step_losses = Vec::new();
         let mut window = Window::default();
         let mut nonfinite_in_a_row = 0;
@@ -388,19 +416,20 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                         warmup,
                         total,
                     );
-                let StepGradients {
+                let local = self.step_gradients(&micro)?;
+                let SharedStep {
                     loss: step_loss,
                     mut grads,
                     metrics,
                     tokens,
                     mut nonfinite,
+                    nonfinite_anywhere,
                     mut applied,
-                } = self.step_gradients(&micro)?;
+                    interrupted,
+                } = self.share_step(local, crate::interrupt::requested())?;
                 window.tokens += tokens;
                 self.state.num_tokens += tokens as u64;
-                for m in &metrics {
-                    window.add(m);
-                }
+                window.add_totals(&metrics);
                 let mut grad_norm = f64::NAN;
                 if applied > 0 {
                     grad_norm = clip_grad_norm(&mut grads, self.args.max_grad_norm)?;
@@ -409,19 +438,23 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                             self.optimizer
                                 .update::<AB, _>(self.model.clone(), grads, lr)?;
                     } else {
-                        // Only possible with one micro-batch (see `step_gradients`).
+                        // One micro-batch in the step (see `step_gradients`), or a rank's
+                        // overflow in the sum: every rank sees the same norm.
                         nonfinite.push(step_loss);
                         applied = 0;
                     }
                 }
                 self.state.global_step += 1;
                 self.state.batch_in_epoch = batches_iter.position();
-                if nonfinite.is_empty() {
+                if !nonfinite_anywhere && nonfinite.is_empty() {
                     nonfinite_in_a_row = 0;
                 } else {
                     nonfinite_in_a_row += 1;
+                }
+                if !nonfinite.is_empty() {
                     tracing::warn!(
                         step = self.state.global_step,
+                        rank = self.collective.rank(),
                         losses = ?nonfinite,
                         left_out = nonfinite.len(),
                         of = micro.len(),
@@ -432,6 +465,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 match nonfinite.first() {
                     // Nothing applied: the step has no loss to average into the log.
                     Some(&first) if applied == 0 => step_losses.push(first),
+                    None if applied == 0 => step_losses.push(f64::NAN),
                     _ => {
                         step_losses.push(step_loss);
                         window.loss += step_loss;
@@ -460,6 +494,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                     window = Window::default();
                 }
                 if self.objective.has_eval()
+                    && self.is_main()
                     && self
                         .args
                         .eval_steps
@@ -479,11 +514,13 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                     log.finish();
                     return Ok(step_losses);
                 }
-                if crate::interrupt::requested() {
+                // Decided on the ranks' shared flag: a signal to any of them stops them all
+                // at the same step.
+                if interrupted {
                     crate::interrupt::clear();
                     log.finish();
                     let checkpoint = if saved {
-                        checkpoint::resolve_checkpoint("latest", &self.args.output_dir)?
+                        checkpoint::checkpoint_dir(&self.args.output_dir, step)
                     } else {
                         self.save_checkpoint()?
                     };
@@ -493,13 +530,15 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
         }
-        if self.objective.has_eval() {
+        if self.objective.has_eval() && self.is_main() {
             let epoch_f =
                 self.state.epoch as f64 + self.state.batch_in_epoch as f64 / batches.max(1) as f64;
             self.log_eval(&mut log, self.state.global_step, epoch_f)?;
         }
         log.finish();
-        self.draw_curves();
+        if self.is_main() {
+            self.draw_curves();
+        }
         Ok(step_losses)
     }
 
