@@ -162,6 +162,7 @@ pub fn summary(report: &DpoReport) -> String {
         ));
     }
     out.push_str(&crate::cli::bad_examples_line(report.bad_examples));
-    out.push_str(&format!("adapter saved to {}", report.saved_to.display()));
+    out.push_str("adapter ");
+    out.push_str(&crate::cli::saved_line(report.rank, &report.saved_to));
     out
 }

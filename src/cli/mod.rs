@@ -21,3 +21,16 @@ pub fn bad_examples_line(count: usize) -> String {
         format!("bad examples skipped: {count} (on_bad_example = \"skip\"; each was logged)\n")
     }
 }
+
+/// Where the trained model went: `saved to DIR`, or, on another rank of a data-parallel run,
+/// that rank 0 (on node 0) saved it there.
+pub fn saved_line(rank: usize, dir: &std::path::Path) -> String {
+    if rank == 0 {
+        format!("saved to {}", dir.display())
+    } else {
+        format!(
+            "rank {rank} done; rank 0 (node 0) evaluated and saved to {}",
+            dir.display()
+        )
+    }
+}

@@ -239,7 +239,7 @@ pub fn summary(report: &SftReport) -> String {
         .map(|c| format!(" (answering at random: {:.1}%)", 100.0 * c))
         .unwrap_or_default();
     format!(
-        "{}\n{}\nsteps: {} in {:.0} s; loss {:.3} -> {:.3} (mean of the last 10)\nheld-out accuracy: {} before, {} after{chance} (eval loss {})\n{}{}saved to {}",
+        "{}\n{}\nsteps: {} in {:.0} s; loss {:.3} -> {:.3} (mean of the last 10)\nheld-out accuracy: {} before, {} after{chance} (eval loss {})\n{}{}{}",
         report.trainable,
         report.memory,
         report.losses.len(),
@@ -251,6 +251,6 @@ pub fn summary(report: &SftReport) -> String {
         report.eval_loss_after.map(|l| format!("{l:.3}")).unwrap_or_else(|| "n/a".into()),
         crate::cli::eval::by_question(&report.answers),
         crate::cli::bad_examples_line(report.bad_examples),
-        report.saved_to.display()
+        crate::cli::saved_line(report.rank, &report.saved_to)
     )
 }

@@ -142,6 +142,10 @@ pub struct DpoReport {
     pub after: std::collections::BTreeMap<String, f64>,
     /// Where the adapter was saved.
     pub saved_to: PathBuf,
+    /// The data-parallel rank this report is of (0 without `[distributed]`); only rank 0
+    /// evaluates and saves, so another rank's report has no accuracies and `saved_to` is
+    /// where rank 0 saved.
+    pub rank: usize,
     /// Seconds of training.
     pub train_seconds: f64,
     /// Bad pairs left out (`on_bad_example = "skip"`), at load time and while training.
@@ -242,6 +246,7 @@ fn train_rank<AB: AutodiffBackend>(
         })
         .unwrap_or_default();
     let saved_to = config.training.output_dir.join("final");
+    let rank = trainer.rank();
     if trainer.is_main() {
         trainer.save_model(&saved_to)?;
     }
@@ -250,6 +255,7 @@ fn train_rank<AB: AutodiffBackend>(
         before,
         after,
         saved_to,
+        rank,
         train_seconds,
         bad_examples: splits.skipped + trainer.encoder.sft.bad_examples(),
     })

@@ -169,6 +169,10 @@ pub struct SftReport {
     pub eval_loss_after: Option<f64>,
     /// Where the final adapter or model was written.
     pub saved_to: PathBuf,
+    /// The data-parallel rank this report is of (0 without `[distributed]`); only rank 0
+    /// evaluates and saves, so another rank's report has no accuracies and `saved_to` is
+    /// where rank 0 saved.
+    pub rank: usize,
     /// PEFT-style trainable-parameter line.
     pub trainable: String,
     /// Weight memory at the start of training (frozen, trainable, optimizer state).
@@ -428,6 +432,7 @@ fn train_rank<AB: AutodiffBackend>(
         None
     };
     let saved_to = config.training.output_dir.join("final");
+    let rank = trainer.rank();
     if trainer.is_main() {
         trainer.save_model(&saved_to)?;
     }
@@ -439,6 +444,7 @@ fn train_rank<AB: AutodiffBackend>(
         accuracy_after: after.as_ref().and_then(|r| r["eval_accuracy"].as_f64()),
         eval_loss_after: after.as_ref().and_then(|r| r["eval_loss"].as_f64()),
         saved_to,
+        rank,
         trainable,
         memory,
         train_seconds,
@@ -486,6 +492,25 @@ mod tests {
             err.contains("quant") && err.contains("load_in_4bits"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn distributed_section_parses_and_typos_are_named() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sft.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let on = text
+            .replace("# [distributed]", "[distributed]")
+            .replace("# nproc_per_node", "nproc_per_node")
+            .replace("# master_addr", "master_addr")
+            .replace("# nnodes = 1", "nnodes = 2");
+        let c = parse(&on).unwrap();
+        assert_eq!(c.distributed.nproc_per_node, 2);
+        assert_eq!(c.distributed.world(), 4);
+        c.distributed.validate().unwrap();
+        let err = parse("[distributed]\nnproc_per_nod = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nproc_per_node"), "{err}");
     }
 
     #[test]

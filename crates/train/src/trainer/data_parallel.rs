@@ -43,6 +43,11 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         self
     }
 
+    /// This rank (0 without data parallelism).
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
     /// Whether this is the rank that logs, evaluates and writes (rank 0, or the only one).
     pub fn is_main(&self) -> bool {
         self.collective.rank() == 0
