@@ -162,11 +162,9 @@ fn main() {
         );
         if let Some(r) = common::reference("allreduce") {
             let theirs = r["median_s"].as_f64().unwrap_or(f64::NAN);
+            // The side-by-side line of scripts/bench_vs_pytorch.sh (PyTorch: gloo, 2 processes).
             println!(
-                "allreduce: vlmtune {:.2} ms (2 processes), PyTorch gloo {:.2} ms (2 processes, {} f32), time ratio vlmtune/PyTorch {:.2}",
-                processes * 1e3,
-                theirs * 1e3,
-                r["numel"],
+                "allreduce_256m_lora: vlmtune {processes:.5} s, PyTorch {theirs:.5} s, time ratio vlmtune/PyTorch {:.2}",
                 processes / theirs
             );
         }

@@ -9,7 +9,9 @@
 # quantisation), dpo_step (shared prefix, per pair, against TRL's layout in PyTorch), and the
 # gradient-checkpointing pairs on a 17-tile image: sft_step_17tiles[_gc] (LoRA) and
 # full_step_17tiles[_gc] (full fine-tune of the text model), PyTorch with
-# gradient_checkpointing=True for the _gc lines.
+# gradient_checkpointing=True for the _gc lines; and allreduce_256m_lora, one step's gradient
+# all-reduce of that LoRA adapter between 2 processes (vlmtune through its orchestrator,
+# PyTorch gloo).
 # Memory is peak RSS of each run's own process.
 #
 # Usage: scripts/bench_vs_pytorch.sh [--threads N]
@@ -32,7 +34,7 @@ log=target/bench-reference/bench_vs_pytorch.log
 echo "threads: $THREADS; $($PYTHON -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')" | tee -a "$log"
 
 # Build first, so that compiling does not run beside a measurement.
-cargo bench --no-run --bench forward --bench train_step --bench dpo_step --bench epochs 2>&1 | tail -1
+cargo bench --no-run --bench forward --bench train_step --bench dpo_step --bench epochs --bench data_parallel 2>&1 | tail -1
 
 step() {
   echo "== $*" | tee -a "$log"
@@ -47,6 +49,8 @@ step "$PYTHON" scripts/reference/bench_dpo_step.py
 step cargo bench --bench dpo_step -- shared
 step "$PYTHON" scripts/reference/bench_epochs.py
 step cargo bench --bench epochs
+step "$PYTHON" scripts/reference/bench_allreduce.py
+step cargo bench --bench data_parallel -- allreduce
 
 echo
 echo "== side by side ($THREADS threads)"

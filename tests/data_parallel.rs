@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fixture_path, one_step_args, AB, B};
+use common::{fixture_path, one_step_args, sft_command, AB, B};
 use vlmtune_data::dataset::{jsonl, synthetic};
 use vlmtune_data::{CollatorConfig, DatasetFormat, PreferenceCollator, Processor, SftCollator};
 use vlmtune_model::load_dir;
@@ -317,20 +317,6 @@ fn free_ports() -> u16 {
         }
     }
     panic!("no free ports");
-}
-
-fn sft_command(config: &Path, output: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vlmtune"));
-    command
-        .args(["sft", "--config"])
-        .arg(config)
-        .arg("--output-dir")
-        .arg(output)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    command
 }
 
 /// `(loss, grad_norm, num_tokens)` of every step of a run's `metrics.jsonl`.

@@ -4,8 +4,10 @@
 //! Ctrl-C exits at once.
 #![cfg(unix)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const STEPS: usize = 150;
@@ -34,17 +36,7 @@ fn config(dir: &Path, copies: usize) -> PathBuf {
 }
 
 fn sft(config: &Path, output: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vlmtune"))
-        .args(["sft", "--config"])
-        .arg(config)
-        .arg("--output-dir")
-        .arg(output)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    common::sft_command(config, output, extra).spawn().unwrap()
 }
 
 /// `(step, loss, grad_norm, learning_rate)` of every record of `metrics.jsonl`.

@@ -116,3 +116,23 @@ pub fn one_step_args(
         ..vlmtune_train::TrainingArgs::default()
     }
 }
+
+/// `vlmtune sft --config CONFIG --output-dir OUTPUT EXTRA..` (warnings only, stdout dropped,
+/// stderr piped), ready to spawn.
+pub fn sft_command(
+    config: &std::path::Path,
+    output: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vlmtune"));
+    command
+        .args(["sft", "--config"])
+        .arg(config)
+        .arg("--output-dir")
+        .arg(output)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
