@@ -18,6 +18,7 @@ pub mod config_file;
 pub mod error;
 pub mod jobs;
 pub mod pipeline;
+pub mod selftest;
 pub mod trl;
 
 pub use error::{Error, Result};

@@ -37,6 +37,9 @@ enum Command {
     Merge(cli::merge::MergeArgs),
     /// Draw a run's training and eval curves (RUN_DIR/curves.png) from its metrics.jsonl.
     Plot(cli::plot::PlotArgs),
+    /// Check this build on a device against the reference fixtures (transformers, bitsandbytes,
+    /// TRL numbers): logits, quantised logits, one SFT and one DPO step.
+    Selftest(cli::selftest::SelftestArgs),
     /// Supervised fine-tuning (defaults: the tiny model on synthetic charts, offline).
     Sft(cli::sft::SftArgs),
 }
@@ -93,6 +96,16 @@ fn run() -> anyhow::Result<()> {
         Command::Merge(args) => eprintln!("{}", dispatch(cli.device, args)??),
         Command::Orchestrator(args) => args.run()?,
         Command::Plot(args) => println!("{}", args.run()?.display()),
+        Command::Selftest(args) => {
+            // bf16 is a CUDA backend; on the CPU the checks run in f32 with f32's tolerances.
+            let bf16 = args.bf16 && cli.device == DeviceKind::Cuda;
+            let job = cli::selftest::SelftestJob {
+                fixtures: args.fixtures.clone(),
+                bf16,
+            };
+            let report = dispatch_training(cli.device, bf16, job)??;
+            args.finish(&report)?;
+        }
         Command::Sft(args) => {
             let config = args.job_config()?;
             let bf16 = config.training.bf16;

@@ -10,6 +10,7 @@ pub mod merge;
 pub mod plot;
 pub mod quant;
 pub mod run_control;
+pub mod selftest;
 pub mod sft;
 pub mod trl_args;
 

@@ -164,8 +164,8 @@ pub struct TrainingArgs {
     /// `max_memory`, raising `gradient_accumulation_steps` to keep the effective batch.
     #[serde(default)]
     pub auto_find_batch_size: bool,
-    /// The memory budget of `auto_find_batch_size` (`"8GiB"`, `"512MiB"`; default: the
-    /// machine's available memory).
+    /// The memory budget of `auto_find_batch_size` for one rank (`"8GiB"`, `"512MiB"`;
+    /// default: the machine's available memory, shared out among its data-parallel ranks).
     #[serde(default)]
     pub max_memory: Option<String>,
     /// A checkpoint folder to resume from, or `true`/`"latest"` for the newest in `output_dir`.

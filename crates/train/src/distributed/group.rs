@@ -214,6 +214,10 @@ impl<B: Backend> Collective<B> for BurnCollective<B> {
         self.config.world()
     }
 
+    fn local_ranks(&self) -> usize {
+        self.config.nproc_per_node
+    }
+
     fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         let call = self.shared.calls[self.local_rank].fetch_add(1, Ordering::SeqCst) + 1;
         let (reply, answer) = mpsc::channel();

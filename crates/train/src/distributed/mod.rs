@@ -137,6 +137,10 @@ pub trait Collective<B: Backend>: Send + Sync {
     /// The sum of `tensor` over the ranks; every rank gets it. Every rank must call it the
     /// same number of times with tensors of the same length.
     fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>>;
+    /// Ranks of this machine (sharing its memory; 1 by default).
+    fn local_ranks(&self) -> usize {
+        1
+    }
     /// Returns once every rank has called it.
     fn barrier(&self, device: &B::Device) -> Result<()> {
         self.all_reduce_sum(Tensor::zeros([1], device)).map(|_| ())

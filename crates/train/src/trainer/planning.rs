@@ -58,15 +58,21 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         );
         if !self.args.auto_find_batch_size {
             let plan = self.plan_for(worst, batch);
-            tracing::info!(%plan, per_device_train_batch_size = batch, "memory");
+            if self.is_main() {
+                tracing::info!(%plan, per_device_train_batch_size = batch, "memory");
+            }
             return Ok(());
         }
         let budget = match &self.args.max_memory {
+            // A rank's own budget, as transformers reads it (per device).
             Some(m) => memory_plan::parse_memory(m)?,
-            None => memory_plan::available_memory().ok_or_else(|| TrainError::Config {
-                field: "max_memory".into(),
-                message: "cannot read the available memory; set max_memory".into(),
-            })?,
+            // The machine's memory is shared by its ranks.
+            None => {
+                memory_plan::available_memory().ok_or_else(|| TrainError::Config {
+                    field: "max_memory".into(),
+                    message: "cannot read the available memory; set max_memory".into(),
+                })? / self.collective.local_ranks().max(1) as u64
+            }
         };
         let choice =
             memory_plan::pick_batch_size(batch, accumulation, budget, |b| self.plan_for(worst, b))?;
