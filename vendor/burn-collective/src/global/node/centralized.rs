@@ -1,7 +1,7 @@
 use std::{collections::HashMap, sync::Arc};
 
-use crate::{NodeId, global::shared::GlobalCollectiveError, node::sync::SyncService};
 use crate::node::base::transfer_id;
+use crate::{NodeId, global::shared::GlobalCollectiveError, node::sync::SyncService};
 use burn_backend::{Backend, TensorMetadata};
 use burn_communication::data_service::TensorDataService;
 use burn_communication::{Address, Protocol};

@@ -1,7 +1,7 @@
 use std::{collections::HashMap, sync::Arc};
 
-use crate::{NodeId, global::shared::GlobalCollectiveError, node::sync::SyncService};
 use crate::node::base::transfer_id;
+use crate::{NodeId, global::shared::GlobalCollectiveError, node::sync::SyncService};
 use burn_backend::{Backend, TensorMetadata};
 use burn_communication::{Address, Protocol, data_service::TensorDataService};
 use futures::{StreamExt, stream::FuturesUnordered};
@@ -65,7 +65,9 @@ where
 
     // Transfer 2: Expose result to parent and download final result if not root
     if let Some(parent) = strategy.parents.get(&node) {
-        data_service.expose(result.clone(), 1, transfer_id(call, 0)).await;
+        data_service
+            .expose(result.clone(), 1, transfer_id(call, 0))
+            .await;
 
         let parent_addr = nodes.get(parent).unwrap().clone();
 
