@@ -227,7 +227,9 @@ fn logits_check<B: Backend>(
     ))
 }
 
-fn one_step_args(batch: usize, accumulation: usize, dir: &Path) -> TrainingArgs {
+/// The training arguments of the one-step parity fixtures (`sft_fixtures.py`,
+/// `dpo_fixtures.py`): one step at learning rate 1e-2, logging every step, no saving.
+pub fn one_step_args(batch: usize, accumulation: usize, dir: &Path) -> TrainingArgs {
     TrainingArgs {
         output_dir: dir.to_path_buf(),
         per_device_train_batch_size: batch,
@@ -282,6 +284,17 @@ fn model_with_initial_adapter<AB: AutodiffBackend>(
     Ok((model, config))
 }
 
+/// The adapter both step fixtures start from.
+fn initial_adapter(fixtures: &Path) -> Result<Fixture> {
+    Fixture::open(fixtures, "sft/initial-adapter/adapter_model.safetensors")
+}
+
+/// The tiny checkpoint's collator with the default settings (what the fixtures used).
+fn sft_collator(fixtures: &Path) -> Result<SftCollator> {
+    let processor = Processor::from_dir(&fixtures.join("tiny-smolvlm"))?;
+    Ok(SftCollator::new(processor, CollatorConfig::default()))
+}
+
 fn sft_checks<AB: AutodiffBackend>(
     fixtures: &Path,
     tol: Tolerances,
@@ -289,9 +302,8 @@ fn sft_checks<AB: AutodiffBackend>(
 ) -> Result<Vec<Check>> {
     let want = json(&fixtures.join("sft/trl_step.json"))?;
     let reference = Fixture::open(fixtures, "sft/trl_step.safetensors")?;
-    let initial = Fixture::open(fixtures, "sft/initial-adapter/adapter_model.safetensors")?;
-    let processor = Processor::from_dir(&fixtures.join("tiny-smolvlm"))?;
-    let collator = Arc::new(SftCollator::new(processor, CollatorConfig::default()));
+    let initial = initial_adapter(fixtures)?;
+    let collator = Arc::new(sft_collator(fixtures)?);
     let examples = jsonl::load_sft(&fixtures.join("sft/data.jsonl"), &DatasetFormat::default())?;
     let mut checks = Vec::new();
     for (name, batch, accumulation) in [("batch2", 2, 1), ("accum2", 1, 2)] {
@@ -338,10 +350,9 @@ fn dpo_checks<AB: AutodiffBackend>(
     let trl = json(&fixtures.join("dpo/trl.json"))?;
     let entry = &trl[name];
     let reference = Fixture::open(fixtures, "dpo/trl_step.safetensors")?;
-    let initial = Fixture::open(fixtures, "sft/initial-adapter/adapter_model.safetensors")?;
-    let processor = Processor::from_dir(&fixtures.join("tiny-smolvlm"))?;
+    let initial = initial_adapter(fixtures)?;
     let collator = Arc::new(PreferenceCollator {
-        sft: SftCollator::new(processor, CollatorConfig::default()),
+        sft: sft_collator(fixtures)?,
     });
     let pairs =
         jsonl::load_preference(&fixtures.join("dpo/data.jsonl"), &DatasetFormat::default())?;

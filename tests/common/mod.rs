@@ -97,25 +97,9 @@ pub fn masked_logits_error(got: &[f32], want: &[f32], mask: &[u8]) -> f32 {
 }
 
 /// The training arguments of the one-step parity fixtures (`sft_fixtures.py`,
-/// `dpo_fixtures.py`): one step at learning rate 1e-2, logging every step, no saving.
-pub fn one_step_args(
-    batch: usize,
-    accumulation: usize,
-    dir: &std::path::Path,
-) -> vlmtune_train::TrainingArgs {
-    vlmtune_train::TrainingArgs {
-        output_dir: dir.to_path_buf(),
-        per_device_train_batch_size: batch,
-        gradient_accumulation_steps: accumulation,
-        max_steps: 1,
-        learning_rate: 1e-2,
-        logging_steps: 1,
-        save_steps: 0,
-        progress_bar: false,
-        seed: 0,
-        ..vlmtune_train::TrainingArgs::default()
-    }
-}
+/// `dpo_fixtures.py`), as `vlmtune selftest` uses them.
+#[allow(unused_imports)]
+pub use vlmtune::selftest::one_step_args;
 
 /// `vlmtune sft --config CONFIG --output-dir OUTPUT EXTRA..` (warnings only, stdout dropped,
 /// stderr piped), ready to spawn.

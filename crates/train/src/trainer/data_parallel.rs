@@ -129,14 +129,11 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
                 .map_or((0.0, 0), |t| (t.1, t.2));
             values.extend([sum, count as f64]);
         }
-        let layout = GradLayout::of::<AB, _>(&self.model);
-        let (grads, values) = sum_gradients(
-            &*self.collective,
-            &layout,
-            step.grads,
-            &values,
-            &self.device,
-        )?;
+        let layout = self
+            .grad_layout
+            .get_or_init(|| GradLayout::of::<AB, _>(&self.model));
+        let (grads, values) =
+            sum_gradients(&*self.collective, layout, step.grads, &values, &self.device)?;
         let count = |v: f64| v.round() as usize;
         let metrics = names
             .iter()

@@ -113,6 +113,9 @@ pub struct Trainer<AB: AutodiffBackend, O: Objective<AB>> {
     optimizer: Optimizer<AB::InnerBackend>,
     device: AB::Device,
     collective: Arc<dyn Collective<AB::InnerBackend>>,
+    /// The flattened-gradient layout of data-parallel steps (the trainable set does not
+    /// change while training).
+    grad_layout: std::cell::OnceCell<crate::distributed::step::GradLayout>,
 }
 
 impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
@@ -170,6 +173,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             tape: None,
             device,
             collective: Arc::new(SingleProcess),
+            grad_layout: std::cell::OnceCell::new(),
         })
     }
 
