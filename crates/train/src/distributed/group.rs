@@ -51,6 +51,8 @@ struct Shared {
     failure: Mutex<Option<(usize, String)>>,
     /// All-reduces each local rank has started.
     calls: Vec<AtomicU64>,
+    /// The peer threads, which leave the group after their rank is done.
+    peers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -92,12 +94,17 @@ impl<B: Backend> BurnCollective<B> {
         let (registered, on_registered) = mpsc::channel();
         let peer = PeerId::from(local_rank);
         let collective = collective.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(format!("collective-{local_rank}"))
             .spawn(move || serve_peer::<B>(peer, device, collective, registered, inbox))
             .map_err(|e| {
                 TrainError::Distributed(format!("cannot start a collective thread: {e}"))
             })?;
+        shared
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
         let me = Self {
             rank: config.rank(local_rank),
             local_rank,
@@ -285,6 +292,7 @@ where
         calls: (0..config.nproc_per_node)
             .map(|_| AtomicU64::new(0))
             .collect(),
+        peers: Mutex::new(Vec::new()),
     });
     tracing::info!(
         world = config.world(),
@@ -316,7 +324,15 @@ where
             .collect()
     });
     let first_failure = shared.failure().map(|(rank, _)| rank);
-    burn_collective::reset_collective::<B>();
+    // The peers leave the group before the next one forms: a late `finish` from this group
+    // would otherwise unregister a peer of the next (burn-collective matches peers by id
+    // only). A peer still waiting on a rank that failed is released by the reset.
+    if !peers_left(&shared, Duration::from_secs(2)) {
+        burn_collective::reset_collective::<B>();
+        if !peers_left(&shared, Duration::from_secs(5)) {
+            tracing::warn!("a collective peer thread did not stop");
+        }
+    }
     let mut first_error = None;
     let mut rank0 = None;
     for (local_rank, result) in results.into_iter().enumerate() {
@@ -334,6 +350,22 @@ where
         (Some(e), _) => Err(e),
         (None, Some(value)) => Ok(value),
         (None, None) => Err(TrainError::Distributed("rank 0 returned nothing".into()).into()),
+    }
+}
+
+/// Waits up to `patience` for every peer thread to end; whether they all did.
+fn peers_left(shared: &Shared, patience: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        let peers = shared.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if peers.iter().all(|p| p.is_finished()) {
+            return true;
+        }
+        drop(peers);
+        if start.elapsed() >= patience {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
