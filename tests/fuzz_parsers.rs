@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::fixture_path;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use vlmtune::config_file::ConfigDocument;
 use vlmtune::jobs::dpo::DpoJobConfig;
 use vlmtune::jobs::sft::SftJobConfig;
@@ -19,9 +20,21 @@ use vlmtune_data::{
     CollatorConfig, DatasetFormat, DatasetSource, ImageSource, OnBadExample, Processor, SftCollator,
 };
 
+/// `cases` cases from a fixed seed, so that CI runs the same inputs every time (a new finding
+/// is a bug to fix, not a CI run that fails by chance). To explore further, set
+/// `PROPTEST_RNG_SEED=<u64>` and `VLMTUNE_FUZZ_CASES=<n>`.
 fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("VLMTUNE_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
+    let rng_seed = match std::env::var("PROPTEST_RNG_SEED") {
+        Ok(_) => ProptestConfig::default().rng_seed,
+        Err(_) => RngSeed::Fixed(0x766c_6d74_756e_65),
+    };
     ProptestConfig {
         cases,
+        rng_seed,
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -78,22 +78,73 @@ fn for_each_row(
         path: path.to_path_buf(),
         source,
     })?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     let reader = SerializedFileReader::new(file)
         .map_err(|e| err(format!("not a readable parquet file: {e}")))?;
-    let iter = reader
-        .get_row_iter(None)
-        .map_err(|e| err(format!("cannot read rows: {e}")))?;
-    for (i, row) in iter.enumerate() {
-        let origin = format!("{}:row {i}", path.display());
-        match row {
-            Ok(row) => f(Ok((origin, row_to_map(&row))))?,
-            Err(e) => {
-                // The decoder's position in the file is lost (it would report the same error
-                // for ever): the rest of the file is one bad stretch.
-                return f(Err(DataError::Dataset {
-                    source_name: origin,
-                    message: format!("cannot read the rows from here to the end of the file: {e}"),
-                }));
+    check_column_chunks(reader.metadata(), file_len).map_err(err)?;
+    // The `parquet` crate asserts on some malformed files instead of returning an error; a
+    // panic inside it is this file's error, not the program's end.
+    let mut next_row = 0usize;
+    let rows = std::panic::AssertUnwindSafe(|| -> Result<()> {
+        let iter = reader
+            .get_row_iter(None)
+            .map_err(|e| err(format!("cannot read rows: {e}")))?;
+        for row in iter {
+            let origin = format!("{}:row {next_row}", path.display());
+            next_row += 1;
+            match row {
+                Ok(row) => f(Ok((origin, row_to_map(&row))))?,
+                Err(e) => return f(Err(rest_of_file_unreadable(origin, &e))),
+            }
+        }
+        Ok(())
+    });
+    match std::panic::catch_unwind(rows) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the decoder failed".into());
+            Err(err(format!(
+                "malformed parquet file (row {next_row} onwards unreadable): {what}"
+            )))
+        }
+    }
+}
+
+/// The error for a row the decoder could not read. Its position in the file is lost then (it
+/// would report the same error for ever): the rest of the file is one bad stretch.
+fn rest_of_file_unreadable(origin: String, e: &parquet::errors::ParquetError) -> DataError {
+    DataError::Dataset {
+        source_name: origin,
+        message: format!("cannot read the rows from here to the end of the file: {e}"),
+    }
+}
+
+/// Every column chunk the footer names lies inside the file (the `parquet` crate asserts on a
+/// negative offset or size rather than returning an error).
+fn check_column_chunks(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let len = column.compressed_size();
+            let inside = start >= 0
+                && len >= 0
+                && (start as u64)
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= file_len);
+            if !inside {
+                return Err(format!(
+                    "malformed parquet footer: row group {g}, column `{}` claims bytes {start}..+{len} of a {file_len}-byte file",
+                    column.column_path()
+                ));
             }
         }
     }
@@ -134,4 +185,83 @@ pub(crate) fn load_rows<T>(
         })?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+
+    /// The fixture with its footer rewritten by `edit` (the column chunks stay where they are).
+    fn with_footer(
+        edit: impl Fn(
+            parquet::file::metadata::ColumnChunkMetaData,
+        ) -> parquet::file::metadata::ColumnChunkMetaData,
+    ) -> Vec<u8> {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/data/chartqa_like.parquet"
+        );
+        let bytes = std::fs::read(fixture).unwrap();
+        let metadata = ParquetMetaDataReader::new()
+            .parse_and_finish(&File::open(fixture).unwrap())
+            .unwrap();
+        let footer_len =
+            u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+        let groups = metadata
+            .row_groups()
+            .iter()
+            .map(|group| {
+                let columns = group.columns().iter().cloned().map(&edit).collect();
+                group
+                    .clone()
+                    .into_builder()
+                    .set_column_metadata(columns)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let metadata = metadata.into_builder().set_row_groups(groups).build();
+        let mut out = bytes[..bytes.len() - 8 - footer_len as usize].to_vec();
+        ParquetMetaDataWriter::new(&mut out, &metadata)
+            .finish()
+            .unwrap();
+        out
+    }
+
+    fn read(bytes: &[u8]) -> Result<Vec<(String, BTreeMap<String, Cell>)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.parquet");
+        std::fs::write(&path, bytes).unwrap();
+        read_rows(&path)
+    }
+
+    #[test]
+    fn an_unchanged_footer_reads_as_before() {
+        assert_eq!(read(&with_footer(|c| c)).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_column_chunk_outside_the_file_is_an_error_naming_it() {
+        let negative = with_footer(|c| {
+            c.into_builder()
+                .set_dictionary_page_offset(None)
+                .set_data_page_offset(-4)
+                .build()
+                .unwrap()
+        });
+        let err = read(&negative).unwrap_err().to_string();
+        assert!(
+            err.contains("malformed parquet footer: row group 0, column") && err.contains("-4"),
+            "{err}"
+        );
+        let past_the_end = with_footer(|c| {
+            c.into_builder()
+                .set_total_compressed_size(1 << 40)
+                .build()
+                .unwrap()
+        });
+        let err = read(&past_the_end).unwrap_err().to_string();
+        assert!(err.contains("malformed parquet footer"), "{err}");
+    }
 }
