@@ -13,6 +13,7 @@
 //! | [`train`] | trainers |
 
 pub mod backend;
+pub mod bench_inputs;
 pub mod builtin;
 pub mod config_file;
 pub mod error;

@@ -101,7 +101,11 @@ fn run() -> anyhow::Result<()> {
             let bf16 = args.bf16 && cli.device == DeviceKind::Cuda;
             let job = cli::selftest::SelftestJob {
                 fixtures: args.fixtures.clone(),
-                bf16,
+                options: vlmtune::selftest::Options {
+                    bf16,
+                    bench: args.bench || !args.bench_cases.is_empty(),
+                    bench_cases: args.bench_cases.clone(),
+                },
             };
             let report = dispatch_training(cli.device, bf16, job)??;
             args.finish(&report)?;

@@ -25,13 +25,7 @@ fn nf4_model() -> SmolVlm<AB> {
 
 /// `‖a - b‖ / ‖b‖`.
 fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
-    let diff: f32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt();
-    diff / b.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12)
+    vlmtune::selftest::fixtures::relative_l2(a, b) as f32
 }
 
 #[test]

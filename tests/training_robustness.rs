@@ -25,6 +25,8 @@ struct Poisoned {
     inner: SftObjective<AB>,
     infinite_loss: HashSet<usize>,
     huge_gradient: HashSet<usize>,
+    /// Batches of more rows run out of device memory (cubecl's panic).
+    out_of_memory_above_rows: usize,
 }
 
 impl Objective<AB> for Poisoned {
@@ -46,6 +48,9 @@ impl Objective<AB> for Poisoned {
         batch: &TrainBatch,
         accumulation: Accumulation,
     ) -> Result<Option<ObjectiveOutput<AB>>> {
+        if batch.indices.len() > self.out_of_memory_above_rows {
+            panic!("can't allocate buffer of size: 123456789 (BufferTooBig)");
+        }
         let hit = |set: &HashSet<usize>| batch.indices.iter().any(|i| set.contains(i));
         Ok(self.inner.loss(model, batch, accumulation)?.map(|mut out| {
             if hit(&self.infinite_loss) {
@@ -86,6 +91,7 @@ fn trainer(
             inner: sft.objective,
             infinite_loss: infinite_loss.iter().copied().collect(),
             huge_gradient: huge_gradient.iter().copied().collect(),
+            out_of_memory_above_rows: usize::MAX,
         },
         sft.encoder,
         data,
@@ -106,6 +112,56 @@ fn args(dir: &std::path::Path, steps: i64) -> TrainingArgs {
 fn optimizer_steps(checkpoint: &std::path::Path) -> f32 {
     let state = read_named(&checkpoint.join(OPTIMIZER_FILE)).unwrap();
     state.iter().find(|t| t.name == "step").unwrap().values[0]
+}
+
+/// `auto_find_batch_size` on a device whose first step runs out of memory above 2 rows: the
+/// trial halves the batch (4 -> 2) and doubles the accumulation, and training is then exactly
+/// the run asked for with those sizes (the trial changes nothing).
+#[test]
+fn an_out_of_memory_at_the_first_step_halves_the_batch_and_keeps_the_effective_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let fitted = TrainingArgs {
+        auto_find_batch_size: true,
+        max_memory: Some("64GiB".into()),
+        ..one_step_args(4, 1, dir.path())
+    };
+    let mut t = trainer(fitted, &[], &[]);
+    t.objective.out_of_memory_above_rows = 2;
+    t.retry_out_of_memory = true;
+    let losses = t.train().unwrap();
+    assert_eq!(
+        (
+            t.args.per_device_train_batch_size,
+            t.args.gradient_accumulation_steps
+        ),
+        (2, 2)
+    );
+    let plain_dir = tempfile::tempdir().unwrap();
+    let mut plain = trainer(one_step_args(2, 2, plain_dir.path()), &[], &[]);
+    assert_eq!(losses, plain.train().unwrap());
+    assert_eq!(
+        vlmtune_peft::io::adapter_tensors(&t.model, "default")[0].values,
+        vlmtune_peft::io::adapter_tensors(&plain.model, "default")[0].values
+    );
+
+    // Not even one row fits: an error naming the setting, not a crash.
+    let none_fit_dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(
+        TrainingArgs {
+            auto_find_batch_size: true,
+            max_memory: Some("64GiB".into()),
+            ..one_step_args(2, 1, none_fit_dir.path())
+        },
+        &[],
+        &[],
+    );
+    t.objective.out_of_memory_above_rows = 0;
+    t.retry_out_of_memory = true;
+    let err = t.train().unwrap_err().to_string();
+    assert!(
+        err.contains("per_device_train_batch_size") && err.contains("batch of 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -65,59 +65,9 @@ pub fn report(name: &str, label: &str, ours_s: f64, ours_peak_mib: f64) {
     }
 }
 
-/// The same ids as `bench_common.one_tile_prompt` in the reference scripts.
-pub fn one_tile_prompt(image_seq_len: usize, text_tokens: u32) -> Vec<u32> {
-    tiled_prompt(1, image_seq_len, text_tokens)
-}
-
-/// A deterministic 512x512 RGB frame (CHW, in [-1, 1]).
-pub fn test_frame() -> Vec<f32> {
-    (0..3 * 512 * 512)
-        .map(|i| ((i % 255) as f32 / 127.5) - 1.0)
-        .collect()
-}
-
-/// Ids of a prompt with `tiles` image blocks (`<fake><marker><image>xN` each, as the
-/// processor lays out a split image) and `text_tokens` question tokens; the same layout as
-/// `bench_common.tiled_prompt`.
-pub fn tiled_prompt(tiles: usize, image_seq_len: usize, text_tokens: u32) -> Vec<u32> {
-    let mut ids = vec![1, 11126, 42];
-    for _ in 0..tiles {
-        ids.extend([49189, 49152]);
-        ids.extend(std::iter::repeat_n(49190, image_seq_len));
-    }
-    ids.push(49189);
-    ids.extend((0..text_tokens).map(|i| 100 + i));
-    ids.extend([49279, 198, 9519, 42]);
-    ids
-}
-
-/// `tiles` copies of the test frame as one sample.
-pub fn tiled_pixels(tiles: usize) -> vlmtune::model::PixelBatch {
-    let frame = test_frame();
-    vlmtune::model::PixelBatch {
-        pixel_values: (0..tiles).flat_map(|_| frame.iter().copied()).collect(),
-        shape: [1, tiles, 3, 512, 512],
-        pixel_attention_mask: None,
-    }
-}
-
-/// [`test_frame`] as a batch of one image of one tile.
-pub fn one_tile_pixels() -> vlmtune::model::PixelBatch {
-    tiled_pixels(1)
-}
-
-/// The SmolVLM-256M architecture with random weights (seed 0) and a LoRA r=8 adapter on the
-/// text attention, as the PyTorch references build it (`bench_common.lora_256m_model`).
-pub fn lora_256m<B: burn::tensor::backend::Backend>(
-    device: &B::Device,
-) -> vlmtune::model::SmolVlm<B> {
-    let config = vlmtune::model::Preset::SmolVlm256M.config();
-    let mut model = vlmtune::model::SmolVlm::<B>::init(&config, 0, device).expect("preset builds");
-    let lora = vlmtune::peft::LoraPreset::TextAttention.config(8, 16.0);
-    vlmtune::peft::add_adapter(&mut model, "default", &lora, 0).expect("adapter fits");
-    model
-}
+pub use vlmtune::bench_inputs::{
+    lora_256m, one_tile_pixels, one_tile_prompt, test_frame, tiled_pixels, tiled_prompt,
+};
 
 /// The `--mode` argument, when this process was started to run one mode.
 pub fn mode_arg() -> Option<String> {

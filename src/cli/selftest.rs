@@ -18,14 +18,21 @@ pub struct SelftestArgs {
     /// Compute in bf16 (CUDA), with bf16's looser tolerances.
     #[arg(long)]
     pub bf16: bool,
+    /// Then run the SmolVLM-256M benchmarks on the device (forward, LoRA SFT step, DPO step
+    /// of 8 pairs, 17-tile SFT step; f32 and NF4, or bf16).
+    #[arg(long)]
+    pub bench: bool,
+    /// Only these benchmark cases (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(vlmtune::selftest::bench::CASES))]
+    pub bench_cases: Vec<String>,
 }
 
 /// The checks on a backend.
 pub struct SelftestJob {
     /// The fixtures folder.
     pub fixtures: PathBuf,
-    /// Whether the backend computes in bf16.
-    pub bf16: bool,
+    /// Precision and benchmarks.
+    pub options: vlmtune::selftest::Options,
 }
 
 impl BackendJob for SelftestJob {
@@ -34,7 +41,7 @@ impl BackendJob for SelftestJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         Ok(vlmtune::selftest::run::<B>(
             &self.fixtures,
-            self.bf16,
+            &self.options,
             device,
         )?)
     }

@@ -57,43 +57,15 @@ pub fn host<const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
 }
 
 /// The padded multi-tile batch of `tests/fixtures/model/<kind>.safetensors`: tokens, pixels
-/// and the masked labels.
+/// and the masked labels (the selftest's reader).
 pub fn model_batch(kind: &str) -> (TokenBatch, PixelBatch, Vec<i64>) {
-    let fx = Fixture::open(&format!("model/{kind}.safetensors"));
-    let (ids, shape) = fx.i64("batch_input_ids");
-    let (mask, _) = fx.i64("batch_attention_mask");
-    let (pixels, pshape) = fx.f32("batch_pixel_values");
-    let (pmask, _) = fx.i64("batch_pixel_attention_mask");
-    let (labels, _) = fx.i64("batch_labels");
-    (
-        TokenBatch {
-            input_ids: ids.iter().map(|i| *i as u32).collect(),
-            attention_mask: mask.iter().map(|m| *m as u8).collect(),
-            batch_size: shape[0],
-            seq_len: shape[1],
-        },
-        PixelBatch {
-            pixel_values: pixels,
-            shape: pshape.try_into().unwrap(),
-            pixel_attention_mask: Some(pmask.iter().map(|m| *m as u8).collect()),
-        },
-        labels,
-    )
+    vlmtune::selftest::fixtures::model_batch(&fixture_path(""), kind).expect("fixture batch")
 }
 
 /// Max abs logit error over the positions with attention (`[positions, vocab]` flattened).
 pub fn masked_logits_error(got: &[f32], want: &[f32], mask: &[u8]) -> f32 {
-    let vocab = want.len() / mask.len();
-    mask.iter()
-        .enumerate()
-        .filter(|(_, m)| **m == 1)
-        .map(|(p, _)| {
-            max_abs_diff(
-                &got[p * vocab..(p + 1) * vocab],
-                &want[p * vocab..(p + 1) * vocab],
-            )
-        })
-        .fold(0.0, f32::max)
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    vlmtune::selftest::fixtures::masked_logits_error(got, want, mask) as f32
 }
 
 /// The training arguments of the one-step parity fixtures (`sft_fixtures.py`,

@@ -19,6 +19,7 @@ pub mod feature_cache;
 pub mod interrupt;
 pub mod memory_plan;
 pub mod metrics;
+pub mod oom_retry;
 pub mod optim;
 pub mod optim8bit;
 pub mod schedule;

@@ -110,6 +110,10 @@ pub struct Trainer<AB: AutodiffBackend, O: Objective<AB>> {
     /// A tape to checkpoint with instead of a fresh [`LayerTape`] per micro-batch (tests).
     #[doc(hidden)]
     pub tape: Option<std::rc::Rc<LayerTape<AB>>>,
+    /// With `auto_find_batch_size`, whether a trial of the first step lowers the batch on an
+    /// out-of-memory ([`crate::oom_retry`]): on by default on device backends (cubecl's
+    /// allocator failures unwind), off on the CPU (a failed allocation aborts there).
+    pub retry_out_of_memory: bool,
     optimizer: Optimizer<AB::InnerBackend>,
     device: AB::Device,
     collective: Arc<dyn Collective<AB::InnerBackend>>,
@@ -159,7 +163,9 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         } else {
             Optimizer::AdamW(AdamW::new(b1, b2, eps, wd))
         };
+        let retry_out_of_memory = AB::name(&device).contains("cubecl");
         Ok(Self {
+            retry_out_of_memory,
             optimizer,
             model,
             args,
@@ -314,11 +320,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             AB::seed(&self.device, seed);
             vlmtune_peft::dropout::begin_step(seed);
             out.tokens += self.objective.tokens(batch);
-            let tape = self.args.gradient_checkpointing.then(|| {
-                self.tape
-                    .clone()
-                    .unwrap_or_else(|| LayerTape::new(self.args.checkpoint_every))
-            });
+            let tape = self.step_tape();
             let loss = {
                 let _recording = tape.as_ref().map(|t| t.activate());
                 self.objective.loss(&self.model, batch, accumulation)?
@@ -346,12 +348,23 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         Ok(out)
     }
 
+    /// The layer tape a micro-batch records on with `gradient_checkpointing` (fresh, or the
+    /// tests' own).
+    fn step_tape(&self) -> Option<std::rc::Rc<LayerTape<AB>>> {
+        self.args.gradient_checkpointing.then(|| {
+            self.tape
+                .clone()
+                .unwrap_or_else(|| LayerTape::new(self.args.checkpoint_every))
+        })
+    }
+
     /// Runs training to `max_steps` / `num_train_epochs`; returns the loss of every step.
     pub fn train(&mut self) -> Result<Vec<f64>> {
         for warning in self.args.ineffective_settings() {
             tracing::warn!("{warning}");
         }
         self.plan_batch_size()?;
+        self.fit_first_step()?;
         if let Some(spec) = self.args.resume_from_checkpoint.clone() {
             let dir = checkpoint::resolve_checkpoint(&spec, &self.args.output_dir)?;
             self.resume(&dir)?;

@@ -3,7 +3,11 @@
 //! (Gradient checkpointing is not: it is the trainer's layer-wise recomputation,
 //! `vlmtune_model::recompute`, on any backend.)
 
+mod device;
+
 use burn::tensor::backend::AutodiffBackend;
+
+pub use device::{cuda_device_count, device_memory_reserved};
 
 /// Where to run.
 #[derive(
@@ -78,11 +82,16 @@ pub fn dispatch_training<J: BackendJob>(
             Ok(job.run::<CpuBackend>(Default::default()))
         }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(if bf16 {
+        DeviceKind::Cuda => {
+            let devices = cuda_device_count()
+                .map_err(|why| anyhow::anyhow!("--device cuda: {why}"))?;
+            tracing::debug!(devices, "CUDA devices");
+            Ok(if bf16 {
             job.run::<CudaBf16Backend>(Default::default())
         } else {
             job.run::<CudaBackend>(Default::default())
-        }),
+            })
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => anyhow::bail!(
             "this vlmtune was built without CUDA; rebuild with `cargo build --release --features cuda`"
