@@ -47,11 +47,11 @@ case "$mode" in
     bench="python3 scripts/reference/bench_device.py"
     # "<time limit in s> <command>", run in this order.
     commands=(
-      "240 .gpu/vlmtune --device cuda selftest --bench --report $out/selftest-f32.json"
-      "150 .gpu/vlmtune --device cuda selftest --bf16 --bench --report $out/selftest-bf16.json"
-      "60 $bench run --precision f32 --out $out/torch-f32.json"
-      "60 $bench run --precision bf16 --out $out/torch-bf16.json"
-      "60 $bench run --precision nf4 --out $out/torch-nf4.json"
+      "200 .gpu/vlmtune --device cuda selftest --bench --report $out/selftest-f32.json"
+      "120 .gpu/vlmtune --device cuda selftest --bf16 --bench --report $out/selftest-bf16.json"
+      "50 $bench run --precision f32 --out $out/torch-f32.json"
+      "50 $bench run --precision bf16 --out $out/torch-bf16.json"
+      "50 $bench run --precision nf4 --out $out/torch-nf4.json"
     )
     compare="$bench compare $out/selftest-f32.json $out/selftest-bf16.json $out/torch-f32.json $out/torch-bf16.json $out/torch-nf4.json"
     needed=(.gpu/vlmtune.xz tests/fixtures/tiny-smolvlm tests/fixtures/tiny-idefics3

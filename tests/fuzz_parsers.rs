@@ -30,7 +30,7 @@ fn config(cases: u32) -> ProptestConfig {
         .unwrap_or(cases);
     let rng_seed = match std::env::var("PROPTEST_RNG_SEED") {
         Ok(_) => ProptestConfig::default().rng_seed,
-        Err(_) => RngSeed::Fixed(0x766c_6d74_756e_65),
+        Err(_) => RngSeed::Fixed(0x0076_6c6d_7475_6e65),
     };
     ProptestConfig {
         cases,

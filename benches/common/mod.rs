@@ -65,6 +65,8 @@ pub fn report(name: &str, label: &str, ours_s: f64, ours_peak_mib: f64) {
     }
 }
 
+// Each benchmark uses some of these.
+#[allow(unused_imports)]
 pub use vlmtune::bench_inputs::{
     lora_256m, one_tile_pixels, one_tile_prompt, test_frame, tiled_pixels, tiled_prompt,
 };

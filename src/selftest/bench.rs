@@ -129,11 +129,7 @@ pub fn run_case<AB: AutodiffBackend>(
         Ok(Ok((secs, tokens))) => (secs, tokens, None),
         Ok(Err(e)) => (f64::NAN, 0, Some(e.to_string())),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panicked".into());
+            let what = vlmtune_train::oom_retry::panic_message(&*panic);
             (f64::NAN, 0, Some(format!("panicked: {what}")))
         }
     };

@@ -407,11 +407,7 @@ where
     let result = match outcome {
         Ok(result) => result,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
+            let message = crate::oom_retry::panic_message(&*panic);
             Err(TrainError::Distributed(format!("rank {rank} panicked: {message}")).into())
         }
     };
