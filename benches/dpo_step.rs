@@ -7,15 +7,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use vlmtune::data::collate::{CollatorConfig, SftCollator};
 use vlmtune::data::processor::ProcessedImage;
-use vlmtune::data::{EncodedPair, PreferenceBatch, PreferenceCollator, Processor};
+use vlmtune::data::{EncodedPair, PreferenceBatch};
 use vlmtune::model::Preset;
-use vlmtune::train::dpo::{DpoObjective, Reference};
 use vlmtune::train::optim::{clip_grad_norm, collect_grads, AdamW};
-use vlmtune::train::{Accumulation, DpoConfig, Objective};
+use vlmtune::train::{Accumulation, Objective};
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
@@ -41,23 +37,8 @@ fn run(mode: &str) {
         }],
     };
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-smolvlm");
-    let collator = Arc::new(PreferenceCollator {
-        sft: SftCollator::new(
-            Processor::from_dir(&dir).unwrap(),
-            CollatorConfig::default(),
-        ),
-    });
-    let mut objective = DpoObjective::<AB> {
-        config: DpoConfig {
-            shared_prefix: mode == "shared",
-            ..DpoConfig::default()
-        },
-        reference: Reference::AdaptersDisabled,
-        eval_set: None,
-        collator,
-        share_features: true,
-        eval_max_new_tokens: 0,
-    };
+    let mut objective =
+        vlmtune::bench_inputs::bench_dpo_objective::<AB>(&dir, mode == "shared").unwrap();
     let mut optimizer = AdamW::<<AB as burn::tensor::backend::AutodiffBackend>::InnerBackend>::new(
         0.9, 0.999, 1e-8, 0.0,
     );

@@ -3,9 +3,15 @@
 //! one or many image tiles, a deterministic frame, and the 256M architecture with random
 //! weights and LoRA r=8 on the text attention.
 
-use burn::tensor::backend::Backend;
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use vlmtune_data::{CollatorConfig, PreferenceCollator, Processor, SftCollator};
 use vlmtune_model::{PixelBatch, Preset, SmolVlm};
 use vlmtune_peft::{add_adapter, LoraPreset};
+use vlmtune_train::dpo::{DpoObjective, Reference};
+use vlmtune_train::DpoConfig;
 
 /// Ids of `<|im_start|>User:<fake><global-img><image>xN<fake>question<eou>\nAssistant:`
 /// (`bench_common.one_tile_prompt`).
@@ -63,4 +69,30 @@ pub fn lora_256m<B: Backend>(device: &B::Device) -> SmolVlm<B> {
     let mut model = SmolVlm::<B>::init(&config, 0, device).expect("preset builds");
     add_bench_lora(&mut model);
     model
+}
+
+/// The benchmarks' DPO objective: TRL's defaults (sigmoid, beta 0.1), the reference = the
+/// adapters disabled, with or without the shared prompt prefix; the collator of the tiny
+/// checkpoint in `tiny_smolvlm` (its tokenizer; the batches come encoded).
+pub fn bench_dpo_objective<AB: AutodiffBackend>(
+    tiny_smolvlm: &Path,
+    shared_prefix: bool,
+) -> crate::Result<DpoObjective<AB>> {
+    let collator = Arc::new(PreferenceCollator {
+        sft: SftCollator::new(
+            Processor::from_dir(tiny_smolvlm)?,
+            CollatorConfig::default(),
+        ),
+    });
+    Ok(DpoObjective {
+        config: DpoConfig {
+            shared_prefix,
+            ..DpoConfig::default()
+        },
+        reference: Reference::AdaptersDisabled,
+        eval_set: None,
+        collator,
+        share_features: true,
+        eval_max_new_tokens: 0,
+    })
 }

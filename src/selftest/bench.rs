@@ -16,23 +16,22 @@
 //! within a case, so it is the case's peak; compare `torch.cuda.max_memory_reserved`).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::Serialize;
-use vlmtune_data::collate::{CollatorConfig, SftCollator};
 use vlmtune_data::processor::ProcessedImage;
-use vlmtune_data::{EncodedPair, PreferenceBatch, PreferenceCollator, Processor};
+use vlmtune_data::{EncodedPair, PreferenceBatch};
 use vlmtune_model::{Preset, SmolVlm, TokenBatch};
 use vlmtune_quant::{QuantConfig, RandomInit, Weights};
-use vlmtune_train::dpo::{DpoObjective, Reference};
-use vlmtune_train::optim::{clip_grad_norm, collect_grads, loss_grads, AdamW};
+use vlmtune_train::optim::{clip_grad_norm, collect_grads, loss_grads, AdamW, TensorMap};
 use vlmtune_train::sft::batch_loss;
-use vlmtune_train::{Accumulation, DpoConfig, Objective};
+use vlmtune_train::{Accumulation, Objective};
 
-use crate::bench_inputs::{add_bench_lora, one_tile_prompt, tiled_pixels, tiled_prompt};
+use crate::bench_inputs::{
+    add_bench_lora, bench_dpo_objective, one_tile_prompt, tiled_pixels, tiled_prompt,
+};
 use crate::error::{Error, Result};
 
 /// The cases, in the order they run.
@@ -215,10 +214,8 @@ fn timed_case<AB: AutodiffBackend>(
                 let loss = batch_loss(&model, &tokens, features, &labels, 16)?
                     .ok_or_else(|| Error::Config("the benchmark batch has no labels".into()))?
                     .loss;
-                let mut grads = loss_grads(&model, loss, None);
-                clip_grad_norm(&mut grads, 1.0)?;
-                model = optimizer.update::<AB, _>(model.clone(), grads, 1e-4);
-                AB::sync(device).map_err(|e| Error::Config(format!("device sync: {e:?}")))?;
+                let grads = loss_grads(&model, loss, None);
+                model = clip_and_update(model.clone(), &mut optimizer, grads, 1e-4, device)?;
                 Ok(())
             })?;
             Ok((secs, n))
@@ -226,23 +223,7 @@ fn timed_case<AB: AutodiffBackend>(
         "dpo_step_batch8" => {
             add_bench_lora(&mut model);
             let (batch, tokens) = preference_batch(image_seq_len);
-            let collator = Arc::new(PreferenceCollator {
-                sft: SftCollator::new(
-                    Processor::from_dir(&fixtures.join("tiny-smolvlm"))?,
-                    CollatorConfig::default(),
-                ),
-            });
-            let mut objective = DpoObjective::<AB> {
-                config: DpoConfig {
-                    shared_prefix: true,
-                    ..DpoConfig::default()
-                },
-                reference: Reference::AdaptersDisabled,
-                eval_set: None,
-                collator,
-                share_features: true,
-                eval_max_new_tokens: 0,
-            };
+            let mut objective = bench_dpo_objective::<AB>(&fixtures.join("tiny-smolvlm"), true)?;
             let mut optimizer = AdamW::<AB::InnerBackend>::new(0.9, 0.999, 1e-8, 0.0);
             let accumulation = Accumulation {
                 items: PAIRS,
@@ -252,10 +233,8 @@ fn timed_case<AB: AutodiffBackend>(
                 let out = objective
                     .loss(&model, &batch, accumulation)?
                     .ok_or_else(|| Error::Config("the benchmark pairs gave no loss".into()))?;
-                let mut grads = collect_grads(&model, &out.loss.backward());
-                clip_grad_norm(&mut grads, 1.0)?;
-                model = optimizer.update::<AB, _>(model.clone(), grads, 1e-6);
-                AB::sync(device).map_err(|e| Error::Config(format!("device sync: {e:?}")))?;
+                let grads = collect_grads(&model, &out.loss.backward());
+                model = clip_and_update(model.clone(), &mut optimizer, grads, 1e-6, device)?;
                 Ok(())
             })?;
             Ok((secs, tokens))
@@ -264,6 +243,20 @@ fn timed_case<AB: AutodiffBackend>(
             "unknown benchmark case `{other}` (one of {CASES:?})"
         ))),
     }
+}
+
+/// The end of a benchmark step: clipping at 1.0, AdamW at `lr`, and waiting for the device.
+fn clip_and_update<AB: AutodiffBackend>(
+    model: SmolVlm<AB>,
+    optimizer: &mut AdamW<AB::InnerBackend>,
+    mut grads: TensorMap<AB::InnerBackend>,
+    lr: f64,
+    device: &AB::Device,
+) -> Result<SmolVlm<AB>> {
+    clip_grad_norm(&mut grads, 1.0)?;
+    let model = optimizer.update::<AB, _>(model, grads, lr);
+    AB::sync(device).map_err(|e| Error::Config(format!("device sync: {e:?}")))?;
+    Ok(model)
 }
 
 /// [`PAIRS`] pairs of the one-tile prompt with 8-token answers, and their input tokens in

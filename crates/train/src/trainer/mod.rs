@@ -363,8 +363,8 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         for warning in self.args.ineffective_settings() {
             tracing::warn!("{warning}");
         }
-        self.plan_batch_size()?;
-        self.fit_first_step()?;
+        let largest_example = self.plan_batch_size()?;
+        self.fit_first_step(largest_example)?;
         if let Some(spec) = self.args.resume_from_checkpoint.clone() {
             let dir = checkpoint::resolve_checkpoint(&spec, &self.args.output_dir)?;
             self.resume(&dir)?;

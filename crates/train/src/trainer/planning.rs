@@ -62,9 +62,10 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
     }
 
     /// `auto_find_batch_size`: the largest batch whose plan fits `max_memory`, the effective
-    /// batch kept by the accumulation; logged either way.
-    pub(super) fn plan_batch_size(&mut self) -> Result<()> {
-        let worst = self.worst_example_shape()?;
+    /// batch kept by the accumulation; logged either way. Returns the sampled example whose
+    /// own step plans the most memory (what [`Self::fit_first_step`] tries).
+    pub(super) fn plan_batch_size(&mut self) -> Result<usize> {
+        let (worst, largest) = self.sampled_example_shapes()?;
         let (batch, accumulation) = (
             self.args.per_device_train_batch_size,
             self.args.gradient_accumulation_steps,
@@ -74,7 +75,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
             if self.is_main() {
                 tracing::info!(%plan, per_device_train_batch_size = batch, "memory");
             }
-            return Ok(());
+            return Ok(largest);
         }
         let budget = match &self.args.max_memory {
             // A rank's own budget, as transformers reads it (per device).
@@ -98,19 +99,18 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         );
         self.args.per_device_train_batch_size = choice.per_device_train_batch_size;
         self.args.gradient_accumulation_steps = choice.gradient_accumulation_steps;
-        Ok(())
+        Ok(largest)
     }
 
     /// `auto_find_batch_size` on a device backend: a trial forward + backward of the first
-    /// step's size (rows like the example that plans the most memory), and on an out-of-memory
-    /// half the batch and twice the accumulation, as accelerate's `find_executable_batch_size`
-    /// (the plan can be wrong; the device's allocator is not). The trial changes nothing:
+    /// step's size (rows like example `index`, the one that plans the most memory), and on an
+    /// out-of-memory half the batch and twice the accumulation, as accelerate's
+    /// `find_executable_batch_size` (the plan can be wrong; the device's allocator is not). The trial changes nothing:
     /// its gradients are dropped, and the real step seeds itself anew.
-    pub(super) fn fit_first_step(&mut self) -> Result<()> {
+    pub(super) fn fit_first_step(&mut self, index: usize) -> Result<()> {
         if !self.args.auto_find_batch_size || !self.retry_out_of_memory {
             return Ok(());
         }
-        let (_, index) = self.sampled_example_shapes()?;
         let (batch, accumulation) = (
             self.args.per_device_train_batch_size,
             self.args.gradient_accumulation_steps,
