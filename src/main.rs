@@ -5,7 +5,7 @@ mod cli;
 vlmtune::use_retaining_allocator!();
 
 use clap::{CommandFactory, Parser, Subcommand};
-use vlmtune::backend::{dispatch, dispatch_training, DeviceKind};
+use vlmtune::backend::{dispatch, DeviceKind};
 
 /// Fine-tune SmolVLM / Idefics3 vision-language models: SFT, DPO, LoRA/QLoRA.
 #[derive(Parser, Debug)]
@@ -86,8 +86,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Dpo(args) => {
             let config = args.job_config()?;
-            let bf16 = config.training.bf16;
-            let report = dispatch_training(cli.device, bf16, cli::dpo::DpoJob(config))??;
+            let report = dispatch(cli.device, cli::dpo::DpoJob(config))??;
             println!("{}", cli::dpo::summary(&report));
         }
         Command::Eval(args) => print!("{}", dispatch(cli.device, args)??),
@@ -97,8 +96,8 @@ fn run() -> anyhow::Result<()> {
         Command::Orchestrator(args) => args.run()?,
         Command::Plot(args) => println!("{}", args.run()?.display()),
         Command::Selftest(args) => {
-            // bf16 is a CUDA backend; on the CPU the checks run in f32 with f32's tolerances.
-            let bf16 = args.bf16 && cli.device == DeviceKind::Cuda;
+            // bf16: f32 weights, bf16 products (autocast), bf16's tolerances; any device.
+            let bf16 = args.bf16;
             let job = cli::selftest::SelftestJob {
                 fixtures: args.fixtures.clone(),
                 options: vlmtune::selftest::Options {
@@ -107,13 +106,12 @@ fn run() -> anyhow::Result<()> {
                     bench_cases: args.bench_cases.clone(),
                 },
             };
-            let report = dispatch_training(cli.device, bf16, job)??;
+            let report = dispatch(cli.device, job)??;
             args.finish(&report)?;
         }
         Command::Sft(args) => {
             let config = args.job_config()?;
-            let bf16 = config.training.bf16;
-            let report = dispatch_training(cli.device, bf16, cli::sft::SftJob(config))??;
+            let report = dispatch(cli.device, cli::sft::SftJob(config))??;
             println!("{}", cli::sft::summary(&report));
         }
     }

@@ -110,6 +110,11 @@ where
 }
 
 fn sft_step(setup: Setup, mode: Mode) -> (f64, TensorMap<Inner>) {
+    sft_step_in(setup, mode, false)
+}
+
+/// [`sft_step`], in bf16 (TRL's `bf16=True`: autocast products, f32 weights) when `bf16`.
+fn sft_step_in(setup: Setup, mode: Mode, bf16: bool) -> (f64, TensorMap<Inner>) {
     let tmp = tempfile::tempdir().unwrap();
     let every = match mode {
         Mode::Every(n) => n,
@@ -120,7 +125,10 @@ fn sft_step(setup: Setup, mode: Mode) -> (f64, TensorMap<Inner>) {
     let collator = Arc::new(SftCollator::new(processor(), CollatorConfig::default()));
     let mut trainer = SftTrainer::new(
         model(setup),
-        args(mode != Mode::Plain, every, tmp.path()),
+        TrainingArgs {
+            bf16,
+            ..args(mode != Mode::Plain, every, tmp.path())
+        },
         collator.clone(),
         examples.clone(),
         Default::default(),
@@ -241,6 +249,24 @@ fn sft_full_fine_tune_matches_the_plain_run() {
     let plain = sft_step(Setup::Full, Mode::Plain);
     assert!(plain.1.contains_key("model.text_model.embed_tokens.weight"));
     assert_same("sft full", &plain, &sft_step(Setup::Full, Mode::Every(1)));
+}
+
+/// bf16 with checkpointing: the recomputation runs under the same autocast, so the step is
+/// the plain bf16 step's (QLoRA's recomputing quantised backward and full fine-tuning), and
+/// differs from the f32 step by bf16's rounding.
+#[test]
+fn bf16_with_checkpointing_matches_the_plain_bf16_run() {
+    for (name, setup) in [("DoRA on NF4", Setup::QDora), ("full", Setup::Full)] {
+        let plain = sft_step_in(setup, Mode::Plain, true);
+        let name = format!("sft {name}, bf16");
+        assert_same(&name, &plain, &sft_step_in(setup, Mode::Every(1), true));
+        let (err, path) = worst_relative_error(&plain, &sft_step(setup, Mode::Plain));
+        eprintln!("{name}: bf16 against f32, worst relative error {err:.2e} at {path}");
+        assert!(
+            err >= 1e-4,
+            "{name}: the bf16 step is the f32 one ({err:.2e})"
+        );
+    }
 }
 
 #[test]

@@ -74,7 +74,7 @@ def dataset() -> Dataset:
     return Dataset.from_list(rows)
 
 
-def one_step(batch: int, accumulation: int) -> tuple[dict, dict]:
+def one_step(batch: int, accumulation: int, bf16: bool = False) -> tuple[dict, dict]:
     seed_all(0)
     model = PeftModel.from_pretrained(load_model("smolvlm"), str(OUT / "initial-adapter"), is_trainable=True)
     processor = pil_processor("smolvlm")  # the PIL image backend, which vlmtune matches
@@ -82,7 +82,7 @@ def one_step(batch: int, accumulation: int) -> tuple[dict, dict]:
         output_dir="/tmp/vlmtune-sft-fixture", per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=LR, lr_scheduler_type="linear",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-        report_to=[], bf16=False, gradient_checkpointing=False, use_cpu=True, seed=0,
+        report_to=[], bf16=bf16, gradient_checkpointing=False, use_cpu=True, seed=0,
         dataloader_drop_last=False, max_length=1024,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset(), processing_class=processor)

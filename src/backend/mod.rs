@@ -1,5 +1,6 @@
 //! Choosing the compute backend at run time: `Autodiff<Flex>` on the CPU (always built) or
-//! `Autodiff<Cuda>` with the `cuda` cargo feature; bf16 compute is a backend type too.
+//! `Autodiff<Cuda>` with the `cuda` cargo feature. (bf16 compute is not a backend either: f32
+//! master weights with bf16 products under `vlmtune_kernels::Autocast`.)
 //! (Gradient checkpointing is not: it is the trainer's layer-wise recomputation,
 //! `vlmtune_model::recompute`, on any backend.)
 
@@ -36,9 +37,6 @@ pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 /// The CUDA training backend.
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Autodiff<burn_cuda::Cuda>;
-/// The CUDA training backend computing in bf16.
-#[cfg(feature = "cuda")]
-pub type CudaBf16Backend = burn::backend::Autodiff<burn_cuda::Cuda<half::bf16>>;
 
 /// Sizes the CPU thread pool the kernels share: `threads`, else `RAYON_NUM_THREADS`, else
 /// one thread per core. Call once, before any tensor work.
@@ -62,35 +60,18 @@ pub trait BackendJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
 }
 
-/// Runs `job` on the backend `kind` names.
+/// Runs `job` on the backend `kind` names. bf16 is not a backend: TRL's `bf16=True` keeps f32
+/// weights and computes the products in bf16 under a [`vlmtune_kernels::Autocast`] guard
+/// (the trainer's, for `bf16` in its arguments), on any backend.
 pub fn dispatch<J: BackendJob>(kind: DeviceKind, job: J) -> anyhow::Result<J::Output> {
-    dispatch_training(kind, false, job)
-}
-
-/// Runs `job` on the backend for `kind`, computing in bf16 when asked (bf16 needs CUDA; on
-/// the CPU it falls back to f32 with a warning).
-pub fn dispatch_training<J: BackendJob>(
-    kind: DeviceKind,
-    bf16: bool,
-    job: J,
-) -> anyhow::Result<J::Output> {
     match kind {
-        DeviceKind::Cpu => {
-            if bf16 {
-                tracing::warn!("bf16 needs the CUDA backend; computing in f32 on the CPU");
-            }
-            Ok(job.run::<CpuBackend>(Default::default()))
-        }
+        DeviceKind::Cpu => Ok(job.run::<CpuBackend>(Default::default())),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            let devices = cuda_device_count()
-                .map_err(|why| anyhow::anyhow!("--device cuda: {why}"))?;
+            let devices =
+                cuda_device_count().map_err(|why| anyhow::anyhow!("--device cuda: {why}"))?;
             tracing::debug!(devices, "CUDA devices");
-            Ok(if bf16 {
-            job.run::<CudaBf16Backend>(Default::default())
-        } else {
-            job.run::<CudaBackend>(Default::default())
-            })
+            Ok(job.run::<CudaBackend>(Default::default()))
         }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => anyhow::bail!(

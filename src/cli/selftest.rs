@@ -15,7 +15,7 @@ pub struct SelftestArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Compute in bf16 (CUDA), with bf16's looser tolerances.
+    /// bf16 products with f32 weights (TRL's `bf16=True`), with bf16's looser tolerances.
     #[arg(long)]
     pub bf16: bool,
     /// Then run the SmolVLM-256M benchmarks on the device (forward, LoRA SFT step, DPO step

@@ -64,7 +64,7 @@ pub struct SftArgs {
     /// Gradient checkpointing and batch-size planning.
     #[command(flatten)]
     pub memory: crate::cli::batch::MemoryArgs,
-    /// bf16 compute (CUDA).
+    /// Mixed precision as TRL's `bf16=True`: bf16 products, f32 weights and optimiser state.
     #[arg(long)]
     pub bf16: bool,
     /// Train this PEFT adapter folder further (its config decides rank and targets; LoRA

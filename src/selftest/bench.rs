@@ -9,8 +9,8 @@
 //!   prefix) on 8 preference pairs of one tile each (8-token answers);
 //! * `sft_step_17tiles`: the SFT step on a 17-tile image (1230 tokens).
 //!
-//! In f32 and with the frozen weights in NF4 + double quantisation (`_nf4`), or in bf16 when
-//! the backend computes in bf16. Each case builds its own model, warms up once and reports the
+//! In f32 and with the frozen weights in NF4 + double quantisation (`_nf4`), or in bf16 (f32
+//! weights, bf16 products under autocast, as TRL's `bf16=True`). Each case builds its own model, warms up once and reports the
 //! median of three timed steps, tokens per second (the batch's input tokens in TRL's layout)
 //! and, on CUDA, the device memory the allocator holds after the case (the pool only grows
 //! within a case, so it is the case's peak; compare `torch.cuda.max_memory_reserved`).
@@ -84,8 +84,8 @@ impl std::fmt::Display for Benchmark {
     }
 }
 
-/// Every case of `cases` (all when empty) in every precision of the backend (`f32` + `nf4`, or `bf16` when it computes
-/// in bf16), each caught
+/// Every case of `cases` (all when empty) in `f32` + `nf4`, or in `bf16` (the caller's
+/// autocast), each caught
 /// on its own: a case that fails or panics (out of memory) is reported and the next one runs.
 pub fn run_all<AB: AutodiffBackend>(
     fixtures: &Path,

@@ -40,23 +40,31 @@ pub struct Tolerances {
     pub grads: f64,
     /// Max error of dequantised weights relative to their largest magnitude.
     pub dequant: f64,
-    /// Max error of updated weights relative to their largest magnitude.
+    /// Max error of updated weights relative to their largest magnitude (f32).
     pub weights: f64,
+    /// bf16: instead of `weights`, the largest share of the reference's full Adam steps that
+    /// may go the other way (a gradient near zero changes sign under bf16 rounding, and
+    /// Adam's first step is +-lr whatever the gradient's size).
+    pub flipped_steps: Option<f64>,
 }
 
 impl Tolerances {
-    /// f32: the CPU test suite's tolerances. bf16 (8 bits of mantissa): logits 2e-2 abs, losses
+    /// f32: the CPU test suite's tolerances. bf16 (8 bits of mantissa): logits 0.25 abs (2% of
+    /// the largest logit of these checkpoints, 12.9; PyTorch's own bf16 autocast is 0.11-0.14
+    /// from its f32 logits there, vlmtune's bf16 0.09-0.17 on the CPU), losses
     /// 1e-2 relative, gradients 5e-2 relative L2, dequantised weights 4e-3 of their scale (one
-    /// bf16 rounding), updated weights 5e-2 of their scale (Adam's first step is +-lr wherever
-    /// a gradient's sign survives the rounding).
+    /// bf16 rounding), updated weights: at most 2% of Adam's first steps in the other
+    /// direction (TRL's own bf16 step has 0.4% against its f32 one, and a largest error of
+    /// 8.5e-2 of the weights' scale, 2 lr where a step flips).
     pub fn for_bf16(bf16: bool) -> Self {
         if bf16 {
             Self {
-                logits: 2e-2,
+                logits: 0.25,
                 loss: 1e-2,
                 grads: 5e-2,
                 dequant: 4e-3,
-                weights: 5e-2,
+                weights: f64::NAN,
+                flipped_steps: Some(2e-2),
             }
         } else {
             Self {
@@ -65,6 +73,7 @@ impl Tolerances {
                 grads: 1e-5,
                 dequant: 1e-6,
                 weights: 1e-5,
+                flipped_steps: None,
             }
         }
     }
@@ -97,7 +106,7 @@ impl Check {
 /// What [`run`] does besides the fidelity checks.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Whether the backend computes in bf16 (the looser tolerances apply).
+    /// Whether the products compute in bf16 (autocast; the looser tolerances apply).
     pub bf16: bool,
     /// Also run the SmolVLM-256M benchmarks ([`bench`]).
     pub bench: bool,
@@ -179,6 +188,8 @@ pub fn run<AB: AutodiffBackend>(
         )));
     }
     let tol = Tolerances::for_bf16(options.bf16);
+    // bf16 as TRL's `bf16=True`: f32 weights, the products in bf16.
+    let _autocast = options.bf16.then(vlmtune_kernels::Autocast::bf16);
     let mut checks = forward::checks::<AB::InnerBackend>(fixtures, tol, &device)?;
     checks.extend(adapters::dequantisation_checks::<AB::InnerBackend>(
         fixtures, tol, &device,
@@ -222,5 +233,20 @@ mod tests {
         let failing = Check::new("x", 2e-4, Tolerances::for_bf16(false).logits);
         assert!(!failing.passed);
         assert!(!Check::new("nan", f64::NAN, 1.0).passed);
+    }
+
+    /// In bf16 (autocast on the CPU) the same checks pass bf16's stated tolerances, so the GPU
+    /// run's `--bf16` checks are not the first to see them.
+    #[test]
+    fn every_check_passes_in_bf16_on_the_cpu() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let options = Options {
+            bf16: true,
+            ..Options::default()
+        };
+        let report =
+            run::<crate::backend::CpuBackend>(&fixtures, &options, Default::default()).unwrap();
+        assert!(report.bf16);
+        assert!(report.passed(), "{report}");
     }
 }

@@ -35,27 +35,101 @@ pub fn one_step_args(batch: usize, accumulation: usize, dir: &Path) -> TrainingA
 /// Updated adapter weights against `reference` (prefix `name.`), relative to each tensor's
 /// largest magnitude; elements whose reference step is below 0.99 lr (Adam's ill-conditioned
 /// first step, where a gradient is about eps) are left out, as the test suite does.
-fn weights_error(
+pub fn weights_error(
     tensors: &[vlmtune_quant::NamedTensor],
     reference: &Fixture,
     initial: &Fixture,
     name: &str,
 ) -> Result<f64> {
     let mut worst = 0.0f64;
+    for_full_steps(
+        tensors,
+        reference,
+        initial,
+        name,
+        |ours, theirs, _, scale| {
+            worst = worst.max(f64::from((ours - theirs).abs()) / scale);
+        },
+    )?;
+    Ok(worst)
+}
+
+/// The share of the reference's full steps (at least 0.99 lr) that ours took in the other
+/// direction: what bf16 rounding changes in Adam's first step (+-lr whatever the gradient).
+pub fn flipped_steps(
+    tensors: &[vlmtune_quant::NamedTensor],
+    reference: &Fixture,
+    initial: &Fixture,
+    name: &str,
+) -> Result<f64> {
+    let (mut flipped, mut steps) = (0usize, 0usize);
+    for_full_steps(
+        tensors,
+        reference,
+        initial,
+        name,
+        |ours, theirs, before, _| {
+            steps += 1;
+            flipped += usize::from((ours - before).signum() != (theirs - before).signum());
+        },
+    )?;
+    Ok(if steps == 0 {
+        f64::INFINITY
+    } else {
+        flipped as f64 / steps as f64
+    })
+}
+
+/// The updated-weights check of the tolerances: the largest error (f32) or the share of
+/// flipped steps (bf16).
+fn updated_weights_check(
+    label: String,
+    tensors: &[vlmtune_quant::NamedTensor],
+    (reference, initial, name): (&Fixture, &Fixture, &str),
+    tol: Tolerances,
+) -> Result<Check> {
+    Ok(match tol.flipped_steps {
+        Some(share) => Check::new(
+            format!("{label}: share of steps flipped"),
+            flipped_steps(tensors, reference, initial, name)?,
+            share,
+        ),
+        None => Check::new(
+            label,
+            weights_error(tensors, reference, initial, name)?,
+            tol.weights,
+        ),
+    })
+}
+
+/// Calls `visit(ours, theirs, before, scale)` for every element the reference moved by a
+/// full Adam step; a tensor of another length is an error.
+fn for_full_steps(
+    tensors: &[vlmtune_quant::NamedTensor],
+    reference: &Fixture,
+    initial: &Fixture,
+    name: &str,
+    mut visit: impl FnMut(f32, f32, f32, f64),
+) -> Result<()> {
     for t in tensors {
         let (want, _) = reference.f32(&format!("{name}.{}", t.name))?;
         let (before, _) = initial.f32(&t.name)?;
-        if want.len() != t.values.len() {
-            return Ok(f64::INFINITY);
+        if want.len() != t.values.len() || before.len() != t.values.len() {
+            return Err(Error::Config(format!(
+                "{}: {} values, the reference has {}",
+                t.name,
+                t.values.len(),
+                want.len()
+            )));
         }
         let scale = f64::from(want.iter().fold(0.0f32, |m, v| m.max(v.abs()))).max(1e-12);
         for ((ours, theirs), w0) in t.values.iter().zip(&want).zip(&before) {
             if (theirs - w0).abs() >= 0.99e-2 {
-                worst = worst.max(f64::from((ours - theirs).abs()) / scale);
+                visit(*ours, *theirs, *w0, scale);
             }
         }
     }
-    Ok(worst)
+    Ok(())
 }
 
 fn model_with_initial_adapter<AB: AutodiffBackend>(
@@ -120,11 +194,12 @@ pub fn sft_checks<AB: AutodiffBackend>(
             tol.loss,
         ));
         let tensors = vlmtune_peft::io::adapter_tensors(&trainer.model, "default");
-        checks.push(Check::new(
+        checks.push(updated_weights_check(
             format!("sft_step/{name} updated LoRA weights (TRL)"),
-            weights_error(&tensors, &reference, &initial, name)?,
-            tol.weights,
-        ));
+            &tensors,
+            (&reference, &initial, name),
+            tol,
+        )?);
     }
     Ok(checks)
 }
@@ -176,10 +251,11 @@ pub fn dpo_checks<AB: AutodiffBackend>(
         ));
     }
     let tensors = vlmtune_peft::io::adapter_tensors(&trainer.model, "default");
-    checks.push(Check::new(
+    checks.push(updated_weights_check(
         format!("dpo_step/{name} updated LoRA weights (TRL)"),
-        weights_error(&tensors, &reference, &initial, name)?,
-        tol.weights,
-    ));
+        &tensors,
+        (&reference, &initial, name),
+        tol,
+    )?);
     Ok(checks)
 }

@@ -11,6 +11,8 @@
 //! | [`gelu_tanh`], [`silu_mul`] | the vision and text MLP activations |
 //! | [`rotary_embedding`] | Llama's RoPE on queries and keys |
 //!
+//! [`Autocast`] turns on bf16 products with f32 master weights (`torch.autocast`, TRL's `bf16`).
+//!
 //! On the CPU backend (`burn-flex`, with or without `Autodiff`) each is one fused kernel with an
 //! analytic backward registered as a custom autodiff op: attention is flash attention (online
 //! softmax over key blocks, only the log-sum-exp kept for the backward), the norms and
@@ -30,6 +32,7 @@
 
 mod activation;
 mod attention;
+mod autocast;
 mod cpu;
 mod flex;
 mod fused;
@@ -39,6 +42,7 @@ mod rope;
 
 pub use activation::{gelu_tanh, gelu_tanh_reference, silu_mul, silu_mul_reference};
 pub use attention::{attention, attention_reference, AttentionMask, MASK_VALUE};
+pub use autocast::{autocast_dtype, Autocast};
 pub use linear::{linear, linear_reference};
 pub use norm::{layer_norm, layer_norm_reference, rms_norm, rms_norm_reference};
 pub use rope::{rotary_embedding, rotary_embedding_reference};

@@ -80,8 +80,10 @@ impl<B: Backend> VisionEmbeddings<B> {
             .weight
             .val()
             .reshape([dv, channels * p * p]);
+        // The convolution as a product of the patches (a Linear product, so bf16 under
+        // autocast as the convolution is in torch).
         let embeds =
-            patches.matmul(kernel.transpose()) + self.patch_embedding.bias.val().unsqueeze();
+            vlmtune_kernels::linear(patches, kernel) + self.patch_embedding.bias.val().unsqueeze();
         let embeds: Tensor<B, 3> = embeds.reshape([n, gh * gw, dv]);
         embeds + self.position_embedding.forward(position_ids)
     }

@@ -19,7 +19,7 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
 use crate::storage::QuantizedWeight;
 
@@ -84,19 +84,28 @@ fn recompute_in_backward<B: Backend, I: Backend, C: CheckpointStrategy>(
     Ok(*y.downcast::<Tensor<B, 2>>().expect("B is Autodiff<I, C>"))
 }
 
-/// The backward of `y = x · Wᵀ` for a frozen `W`: `dx = dy · W`, with `W` dequantised anew.
+/// The backward of `y = x · Wᵀ` for a frozen `W`: `dx = dy · W`, with `W` dequantised anew,
+/// in the dtype the forward's product computed in (bf16 under autocast, as bitsandbytes'
+/// `MatMul4Bit` multiplies in the compute dtype).
 #[derive(Debug)]
 struct QuantizedLinearBackward;
 
 impl<I: Backend> Backward<I, 1> for QuantizedLinearBackward {
-    type State = QuantizedWeight<I>;
+    type State = (QuantizedWeight<I>, Option<FloatDType>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let weight = ops.state;
+        let (weight, compute) = ops.state;
         unary::<I, _>(ops.parents, ops.node, grads, |grad| {
             let grad = Tensor::<I, 2>::from_primitive(TensorPrimitive::Float(grad));
-            let w = weight.dequantize().cast(grad.dtype());
-            grad.matmul(w).into_primitive().tensor()
+            let dtype = grad.dtype();
+            let w = weight.dequantize();
+            let dx = match compute {
+                Some(c) if DType::from(c) != dtype => {
+                    grad.cast(c).matmul(w.cast(c)).cast(FloatDType::from(dtype))
+                }
+                _ => grad.matmul(w.cast(dtype)),
+            };
+            dx.into_primitive().tensor()
         });
     }
 }
@@ -118,7 +127,7 @@ fn autodiff_quantized_linear<I: Backend, C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             let y = forward(x.primitive);
-            prep.finish(inner.clone(), y)
+            prep.finish((inner.clone(), vlmtune_kernels::autocast_dtype()), y)
         }
         OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
     };

@@ -148,7 +148,10 @@ pub struct TrainingArgs {
     /// Seed of initialisation, shuffling and dropout.
     #[serde(default = "d_seed")]
     pub seed: u64,
-    /// bf16 compute (CUDA builds).
+    /// Mixed precision as TRL's `bf16=True` (`torch.autocast`): every Linear product (the
+    /// projections, LoRA, the dequantised QLoRA base, `lm_head`, the patch embedding) in bf16,
+    /// with f32 weights, gradients and AdamW state; norms, attention, softmax and the loss in
+    /// f32 ([`vlmtune_kernels::Autocast`]). Any backend; fast on CUDA.
     #[serde(default)]
     pub bf16: bool,
     /// Layer-wise activation checkpointing, as transformers does it: the forward keeps

@@ -304,6 +304,9 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
     pub fn step_gradients(&mut self, micro: &[BatchOf<AB, O>]) -> Result<StepGradients<AB>> {
         let accumulation = self.accumulation(micro)?;
         let (rank, world) = (self.collective.rank(), self.collective.world());
+        // bf16: the forward (and the checkpointed recomputation inside `loss_grads`) multiplies
+        // in bf16, the weights, gradients and optimiser state stay f32 (TRL's `bf16=True`).
+        let _autocast = self.args.bf16.then(vlmtune_kernels::Autocast::bf16);
         let mut out = StepGradients {
             loss: 0.0,
             grads: TensorMap::new(),
@@ -560,7 +563,10 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
     }
 
     fn log_eval(&mut self, log: &mut MetricsLog, step: usize, epoch: f64) -> Result<()> {
-        let metrics = self.objective.evaluate(&self.model.valid())?;
+        let metrics = {
+            let _autocast = self.args.bf16.then(vlmtune_kernels::Autocast::bf16);
+            self.objective.evaluate(&self.model.valid())?
+        };
         let mut record = serde_json::Map::new();
         record.insert("step".into(), json!(step));
         record.insert("epoch".into(), json!(epoch));
