@@ -12,9 +12,10 @@ mod common;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use vlmtune::data::dataset::synthetic;
-use vlmtune::model::{causal_lm_loss, PixelBatch, Preset};
+use vlmtune::model::{PixelBatch, Preset};
 use vlmtune::prelude::TokenBatch;
 use vlmtune::train::optim::{clip_grad_norm, collect_grads, AdamW};
+use vlmtune::train::sft::batch_loss;
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
 type Inner = <AB as AutodiffBackend>::InnerBackend;
@@ -69,10 +70,11 @@ fn main() {
                     f
                 }
             };
-            let hidden = model
-                .hidden_states(&tokens, Some(&features), None, None, None)
-                .unwrap();
-            let loss = causal_lm_loss(model.lm_head(hidden), &labels, None).unwrap();
+            // The trainer's loss: logits only at the 16 labelled positions.
+            let loss = batch_loss(&model, &tokens, Some(features), &labels, 16)
+                .unwrap()
+                .unwrap()
+                .loss;
             let mut grads = collect_grads(&model, &loss.backward());
             clip_grad_norm(&mut grads, 1.0).unwrap();
             model = optimizer.update::<AB, _>(model.clone(), grads, 1e-4);
