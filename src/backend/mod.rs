@@ -1,8 +1,8 @@
 //! Choosing the compute backend at run time: `Autodiff<Flex>` on the CPU (always built) or
-//! `Autodiff<Cuda>` with the `cuda` cargo feature. (bf16 compute is not a backend either: f32
-//! master weights with bf16 products under `vlmtune_kernels::Autocast`.)
-//! (Gradient checkpointing is not: it is the trainer's layer-wise recomputation,
-//! `vlmtune_model::recompute`, on any backend.)
+//! `Autodiff<Cuda>` with the `cuda` cargo feature. Neither bf16 nor gradient checkpointing is
+//! a backend: bf16 is f32 master weights with bf16 products under `vlmtune_kernels::Autocast`,
+//! checkpointing the trainer's layer-wise recomputation (`vlmtune_model::recompute`), both on
+//! any backend.
 
 mod device;
 
