@@ -279,6 +279,12 @@ impl TrainingArgs {
         Ok(())
     }
 
+    /// The guard under which the products compute in bf16 (TRL's `bf16=True`), when `bf16`
+    /// is set; hold it around every forward of training and evaluation.
+    pub fn autocast(&self) -> Option<vlmtune_kernels::Autocast> {
+        self.bf16.then(vlmtune_kernels::Autocast::bf16)
+    }
+
     /// Settings that have no effect with the others as they are (logged as warnings at the
     /// start of training, so that nothing set is silently ignored).
     pub fn ineffective_settings(&self) -> Vec<String> {

@@ -460,7 +460,7 @@ impl<AB: AutodiffBackend> Trainer<AB, DpoObjective<AB>> {
         let mut map = HashMap::new();
         let train = self.train_set.clone();
         // In the training steps' precision (TRL computes these under the same autocast).
-        let _autocast = self.args.bf16.then(vlmtune_kernels::Autocast::bf16);
+        let _autocast = self.args.autocast();
         for (c, chunk) in train.chunks(8).enumerate() {
             let mut pairs = Vec::new();
             for (j, ex) in chunk.iter().enumerate() {

@@ -306,7 +306,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
         let (rank, world) = (self.collective.rank(), self.collective.world());
         // bf16: the forward (and the checkpointed recomputation inside `loss_grads`) multiplies
         // in bf16, the weights, gradients and optimiser state stay f32 (TRL's `bf16=True`).
-        let _autocast = self.args.bf16.then(vlmtune_kernels::Autocast::bf16);
+        let _autocast = self.args.autocast();
         let mut out = StepGradients {
             loss: 0.0,
             grads: TensorMap::new(),
@@ -564,7 +564,7 @@ impl<AB: AutodiffBackend, O: Objective<AB>> Trainer<AB, O> {
 
     fn log_eval(&mut self, log: &mut MetricsLog, step: usize, epoch: f64) -> Result<()> {
         let metrics = {
-            let _autocast = self.args.bf16.then(vlmtune_kernels::Autocast::bf16);
+            let _autocast = self.args.autocast();
             self.objective.evaluate(&self.model.valid())?
         };
         let mut record = serde_json::Map::new();
