@@ -210,10 +210,16 @@ mod tests {
                 let exact: f64 = (0..k)
                     .map(|j| f64::from(a[r * k + j]) * f64::from(w[c * k + j]))
                     .sum();
-                assert!((f64::from(*s) - exact).abs() <= 1e-4, "[{r}, {c}] of {m}x{k}x{n}");
+                assert!(
+                    (f64::from(*s) - exact).abs() <= 1e-4,
+                    "[{r}, {c}] of {m}x{k}x{n}"
+                );
                 worst = worst.max((s - o).abs() as f64);
             }
-            assert!(worst <= 1e-5, "{m}x{k}x{n}: split vs one call differ by {worst}");
+            assert!(
+                worst <= 1e-5,
+                "{m}x{k}x{n}: split vs one call differ by {worst}"
+            );
         }
     }
 }
