@@ -364,15 +364,19 @@ impl Backward<Flex, 2> for SiluMulBackward {
 struct LinearBackward;
 
 impl Backward<Flex, 2> for LinearBackward {
-    type State = (FlexTensor, FlexTensor);
+    /// `(x, w)`, each kept only when the other operand is tracked.
+    type State = (Option<FlexTensor>, Option<FlexTensor>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_parent, w_parent] = ops.parents.map(|p| p.map(|p| p.id));
         let dy = matrix_of(&grads.consume::<Flex>(&ops.node));
-        let (x, w) = (matrix_of(&ops.state.0), matrix_of(&ops.state.1));
+        let kept = |t: Option<FlexTensor>| matrix_of(&t.expect("kept for a tracked operand"));
+        let (x, w) = ops.state;
         // y = x·wᵀ: dx = dy·w, dw = dyᵀ·x.
-        give(grads, x_parent, || product(matrix(&dy), matrix(&w)));
-        give(grads, w_parent, || product(matrix(&dy).t(), matrix(&x)));
+        give(grads, x_parent, || product(matrix(&dy), matrix(&kept(w))));
+        give(grads, w_parent, || {
+            product(matrix(&dy).t(), matrix(&kept(x)))
+        });
     }
 }
 
@@ -491,9 +495,16 @@ impl<C: CheckpointStrategy> Fused for Autodiff<Flex, C> {
 
     fn linear(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
         let (x, w) = (ad_primitive(x), ad_primitive(weight));
+        // Each operand is kept only for the other's gradient: a frozen weight (LoRA's base
+        // projections) does not keep its input alive until the backward.
+        let (keep_x, keep_w) = (w.is_tracked(), x.is_tracked());
         let out = record::<C, _, 2>(LinearBackward, [&x, &w], || {
             let y = linear_forward(&x.primitive, &w.primitive);
-            (y, (x.primitive.clone(), w.primitive.clone()))
+            let state = (
+                keep_x.then(|| x.primitive.clone()),
+                keep_w.then(|| w.primitive.clone()),
+            );
+            (y, state)
         });
         wrap::<Self, 2>(out)
     }

@@ -221,6 +221,47 @@ fn linear_matches_the_plain_matmul() {
     }
 }
 
+/// One operand frozen (LoRA's base projection: the weight; and the other way round): the
+/// fused op keeps only what the tracked operand's gradient needs, and that gradient still
+/// matches the plain matmul's.
+#[test]
+fn linear_with_a_frozen_operand_matches_the_plain_matmul() {
+    let (x, w) = (random([300, 200], 15), random([250, 200], 16));
+    let upstream = random([300, 250], 17);
+    for frozen_weight in [true, false] {
+        let grad_of_tracked = |op: fn(Tensor<AB, 2>, Tensor<AB, 2>) -> Tensor<AB, 2>| {
+            let leaf = |t: &Tensor<AB, 2>, tracked: bool| {
+                let t = Tensor::<AB, 2>::from_inner(t.clone().inner());
+                if tracked {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            };
+            let (xl, wl) = (leaf(&x, frozen_weight), leaf(&w, !frozen_weight));
+            let out = op(xl.clone(), wl.clone());
+            let grads = (out.clone() * upstream.clone()).sum().backward();
+            let (tracked, frozen) = if frozen_weight { (xl, wl) } else { (wl, xl) };
+            assert!(
+                frozen.grad(&grads).is_none(),
+                "no gradient for the frozen one"
+            );
+            (
+                host(out.inner()),
+                host(tracked.grad(&grads).expect("a gradient")),
+            )
+        };
+        let (out_f, grad_f) = grad_of_tracked(linear);
+        let (out_r, grad_r) = grad_of_tracked(linear_reference);
+        assert!(rel_err(&out_f, &out_r) <= 1e-5);
+        let e = rel_err(&grad_f, &grad_r);
+        assert!(
+            e <= 1e-5,
+            "frozen weight {frozen_weight}: gradient error {e}"
+        );
+    }
+}
+
 #[test]
 fn norms_match_the_plain_ops() {
     let x = random([2, 7, 40], 5);
