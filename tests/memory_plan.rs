@@ -9,9 +9,9 @@ mod common;
 use std::process::Command;
 
 use vlmtune_model::{Preset, SmolVlm, TokenBatch, Trainable, VlmConfig};
-use vlmtune_peft::{add_adapter, memory_report, LoraPreset};
+use vlmtune_peft::{add_adapter, LoraPreset};
 use vlmtune_quant::{RandomInit, Weights};
-use vlmtune_train::memory_plan::{estimate, StepSetup, StepShape};
+use vlmtune_train::memory_plan::{plan_model, StepShape};
 use vlmtune_train::optim::{clip_grad_norm, loss_grads, AdamW};
 use vlmtune_train::sft::batch_loss;
 
@@ -99,22 +99,13 @@ fn run_child(name: &str) {
         shape: [BATCH, TILES, 3, size, size],
         pixel_attention_mask: None,
     };
-    let plan = estimate(
-        &config,
-        &memory_report::<AB, _>(&model),
-        StepShape {
-            batch_size: BATCH,
-            seq_len,
-            tiles: TILES,
-            labelled: LABELLED,
-        },
-        StepSetup {
-            optimizer_8bit: false,
-            vision_trains: false,
-            gradient_checkpointing: checkpointing,
-            checkpoint_every: 1,
-        },
-    );
+    let shape = StepShape {
+        batch_size: BATCH,
+        seq_len,
+        tiles: TILES,
+        labelled: LABELLED,
+    };
+    let plan = plan_model(&model, shape, checkpointing, 1, false);
     let mut optimizer = AdamW::new(0.9, 0.999, 1e-8, 0.0);
     for _ in 0..2 {
         let tape = checkpointing.then(|| vlmtune_model::LayerTape::<AB>::new(1));

@@ -5,7 +5,10 @@
 //! The activation model counts what vlmtune's kernels keep for the backward (f32): per text
 //! token and decoder layer the two RMSNorm inputs and the normed attention input, q/k/v and
 //! the attention output, the MLP's gate/up outputs and their product (4·D + 2·H·hd +
-//! 2·KV·hd + 3·I floats); per vision patch and encoder layer, when the tower trains, the two
+//! 2·KV·hd + 3·I floats), less what only a frozen projection would read (the fused Linear
+//! keeps an input only for its weight's gradient): the normed attention input when nothing
+//! in q/k/v trains, the normed MLP input and the gate·up product when nothing in the MLP
+//! trains (LoRA on the attention: D + I fewer); per vision patch and encoder layer, when the tower trains, the two
 //! LayerNorm inputs and outputs, q/k/v/out, fc1's output and its GELU (8·Dv + 2·Iv). A
 //! frozen tower runs without a tape: only one layer's working set is alive at a time.
 //! Under gradient checkpointing a decoder layer keeps its input (D per token), and one
@@ -44,6 +47,10 @@ pub struct StepShape {
 pub struct StepSetup {
     /// Something in the vision tower trains (weights or adapters).
     pub vision_trains: bool,
+    /// Something in the text layers' q/k/v projections trains (weights or adapters).
+    pub qkv_trains: bool,
+    /// Something in the text layers' MLP trains (weights or adapters).
+    pub mlp_trains: bool,
     /// Layer-wise gradient checkpointing.
     pub gradient_checkpointing: bool,
     /// Layers per checkpointed segment.
@@ -91,7 +98,7 @@ impl fmt::Display for MemoryPlan {
 }
 
 /// Floats kept per text token and decoder layer without checkpointing.
-fn text_floats_per_token(config: &VlmConfig) -> u64 {
+fn text_floats_per_token(config: &VlmConfig, setup: &StepSetup) -> u64 {
     let t = &config.text_config;
     let (d, i) = (t.hidden_size as u64, t.intermediate_size as u64);
     let (h, kv, hd) = (
@@ -99,7 +106,16 @@ fn text_floats_per_token(config: &VlmConfig) -> u64 {
         t.kv_heads() as u64,
         t.head_dim() as u64,
     );
-    4 * d + 2 * h * hd + 2 * kv * hd + 3 * i
+    let normed_attention_input = if setup.qkv_trains { d } else { 0 };
+    let (normed_mlp_input, gate_up_product) = if setup.mlp_trains { (d, i) } else { (0, 0) };
+    // The two RMSNorm inputs, q/k/v and the attention output, the MLP's gate and up outputs.
+    2 * d
+        + 2 * h * hd
+        + 2 * kv * hd
+        + 2 * i
+        + normed_attention_input
+        + normed_mlp_input
+        + gate_up_product
 }
 
 /// Floats kept per vision patch and encoder layer when the tower trains.
@@ -128,7 +144,7 @@ pub fn estimate(
     let v = &config.vision_config;
     let layers = t.num_hidden_layers as u64;
     let tokens = (shape.batch_size * shape.seq_len) as u64;
-    let per_layer = text_floats_per_token(config) * tokens * F32;
+    let per_layer = text_floats_per_token(config, &setup) * tokens * F32;
     let every = setup.checkpoint_every.max(1) as u64;
     let text = if setup.gradient_checkpointing {
         let kept = t.hidden_size as u64 * tokens * F32;
@@ -192,11 +208,23 @@ pub fn plan_model<AB: burn::tensor::backend::AutodiffBackend>(
         shape,
         StepSetup {
             vision_trains: model.vision_is_trainable(),
+            qkv_trains: text_layers_train(model, &["q_proj", "k_proj", "v_proj"]),
+            mlp_trains: text_layers_train(model, &["mlp."]),
             gradient_checkpointing,
             checkpoint_every,
             optimizer_8bit,
         },
     )
+}
+
+/// Whether a trainable parameter of the text model has one of `parts` in its path.
+fn text_layers_train<AB: burn::tensor::backend::AutodiffBackend>(
+    model: &vlmtune_model::SmolVlm<AB>,
+    parts: &[&str],
+) -> bool {
+    vlmtune_peft::named_params(&model.model.text_model)
+        .iter()
+        .any(|p| p.trainable && parts.iter().any(|part| p.path.contains(part)))
 }
 
 /// Parses a memory size: `8GiB`, `512MiB`, `8GB`, `1.5G`, or a number of bytes.
@@ -352,6 +380,8 @@ mod tests {
         let setup = |gradient_checkpointing| StepSetup {
             optimizer_8bit: false,
             vision_trains: false,
+            qkv_trains: true,
+            mlp_trains: false,
             gradient_checkpointing,
             checkpoint_every: 1,
         };
