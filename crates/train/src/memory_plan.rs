@@ -8,8 +8,8 @@
 //! 2·KV·hd + 3·I floats), less what only a frozen projection would read (the fused Linear
 //! keeps an input only for its weight's gradient): the normed attention input when nothing
 //! in q/k/v trains, the normed MLP input and the gate·up product when nothing in the MLP
-//! trains (LoRA on the attention: D + I fewer); per vision patch and encoder layer, when the tower trains, the two
-//! LayerNorm inputs and outputs, q/k/v/out, fc1's output and its GELU (8·Dv + 2·Iv). A
+//! trains (LoRA on the attention: D + I fewer); per vision patch and encoder layer, when the
+//! tower trains, the two LayerNorm inputs and outputs, q/k/v/out, fc1's output and its GELU (8·Dv + 2·Iv). A
 //! frozen tower runs without a tape: only one layer's working set is alive at a time.
 //! Under gradient checkpointing a decoder layer keeps its input (D per token), and one
 //! segment's full set is alive during its recomputation. The estimate is checked against
@@ -202,29 +202,30 @@ pub fn plan_model<AB: burn::tensor::backend::AutodiffBackend>(
     checkpoint_every: usize,
     optimizer_8bit: bool,
 ) -> MemoryPlan {
+    // Paths of the text model's trainable parameters (weights or adapters), walked once.
+    let text_trainable: Vec<String> = vlmtune_peft::named_params(&model.model.text_model)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| p.path)
+        .collect();
+    let any_of = |parts: &[&str]| {
+        text_trainable
+            .iter()
+            .any(|path| parts.iter().any(|part| path.contains(part)))
+    };
     estimate(
         model.config(),
         &vlmtune_peft::memory_report::<AB, _>(model),
         shape,
         StepSetup {
             vision_trains: model.vision_is_trainable(),
-            qkv_trains: text_layers_train(model, &["q_proj", "k_proj", "v_proj"]),
-            mlp_trains: text_layers_train(model, &["mlp."]),
+            qkv_trains: any_of(&["q_proj", "k_proj", "v_proj"]),
+            mlp_trains: any_of(&["mlp."]),
             gradient_checkpointing,
             checkpoint_every,
             optimizer_8bit,
         },
     )
-}
-
-/// Whether a trainable parameter of the text model has one of `parts` in its path.
-fn text_layers_train<AB: burn::tensor::backend::AutodiffBackend>(
-    model: &vlmtune_model::SmolVlm<AB>,
-    parts: &[&str],
-) -> bool {
-    vlmtune_peft::named_params(&model.model.text_model)
-        .iter()
-        .any(|p| p.trainable && parts.iter().any(|part| p.path.contains(part)))
 }
 
 /// Parses a memory size: `8GiB`, `512MiB`, `8GB`, `1.5G`, or a number of bytes.

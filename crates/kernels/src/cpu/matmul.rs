@@ -97,19 +97,24 @@ pub fn matmul(a: Matrix, b: Matrix) -> Vec<f32> {
         unsafe { block_product(a, b, dst, n) };
     } else if n >= 2 * parts * PANEL {
         let width = n.div_ceil(parts).div_ceil(PANEL) * PANEL;
-        (0..n.div_ceil(width)).into_par_iter().for_each(|i| {
-            let (c0, c1) = (i * width, ((i + 1) * width).min(n));
-            unsafe { block_product(a, b.column_block(c0, c1), dst.add(c0), n) };
+        for_each_block(n, width, |c0, c1| unsafe {
+            block_product(a, b.column_block(c0, c1), dst.add(c0), n)
         });
     } else {
-        let height = m.div_ceil(parts);
-        (0..m.div_ceil(height)).into_par_iter().for_each(|i| {
-            let (r0, r1) = (i * height, ((i + 1) * height).min(m));
-            unsafe { block_product(a.row_block(r0, r1), b, dst.add(r0 * n), n) };
+        for_each_block(m, m.div_ceil(parts), |r0, r1| unsafe {
+            block_product(a.row_block(r0, r1), b, dst.add(r0 * n), n)
         });
     }
     unsafe { out.set_len(m * n) };
     out
+}
+
+/// Runs `f(start, end)` for the blocks of `block` (the last one shorter) of `0..len`, in
+/// parallel.
+fn for_each_block(len: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
+    (0..len.div_ceil(block))
+        .into_par_iter()
+        .for_each(|i| f(i * block, ((i + 1) * block).min(len)));
 }
 
 /// The output pointer, shared by the threads that write its disjoint blocks.
