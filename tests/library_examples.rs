@@ -51,3 +51,28 @@ fn dpo_trainer_example_trains_and_saves_an_adapter() {
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert_trained(&out.path().join("final"));
 }
+
+/// The allocator the macro installs is jemalloc with page purging off: a freed activation's
+/// pages stay with the process for the next step instead of being faulted back in.
+#[test]
+fn the_retaining_allocator_never_purges_freed_pages() {
+    for option in [c"opt.dirty_decay_ms", c"opt.muzzy_decay_ms"] {
+        let mut value: isize = 0;
+        let mut len = std::mem::size_of::<isize>();
+        // SAFETY: `value` is an ssize_t-sized buffer and `len` its size, as mallctl expects
+        // for these options.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                option.as_ptr(),
+                (&mut value as *mut isize).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "mallctl {option:?}");
+        if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
+            assert_eq!(value, -1, "{option:?}");
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //!   init) that modules use to build themselves by Hugging Face key.
 //! * [`bnb`] / [`storage`]: bitsandbytes' int8, NF4/FP4 and double quantisation, bit for bit,
 //!   and [`QuantizedWeight`], the compact device form dequantised for each matmul;
-//!   [`QuantConfig`] (`BitsAndBytesConfig` names) decides per module path while loading.
+//!   [`QuantConfig`] (`BitsAndBytesConfig` names) decides per module path while loading;
+//!   [`host_dequant`]: the CPU backend's dequantisation, on every core.
 //!
 //! ```
 //! use vlmtune_quant::{Init, RandomInit, Weights};
@@ -23,6 +24,7 @@ pub mod autodiff;
 pub mod bnb;
 pub mod config;
 pub mod error;
+pub mod host_dequant;
 pub mod storage;
 pub mod store;
 pub mod tables;

@@ -9,6 +9,7 @@ use burn::tensor::{backend::Backend, Int, IntDType, Tensor, TensorData};
 
 use crate::bnb::{self, FourBit, DOUBLE_QUANT_BLOCKSIZE};
 use crate::config::StorageFormat;
+use crate::host_dequant;
 
 /// The float16-family formats stored as 16-bit patterns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,18 +256,22 @@ impl<B: Backend> QuantizedWeight<B> {
         }
     }
 
-    /// Dequantises host storage with the reference loops.
+    /// Dequantises host storage on every core ([`host_dequant`], equal to the reference loops
+    /// of [`bnb`] bit for bit).
     fn dequantize_host(&self, host: &HostStorage) -> Vec<f32> {
         let [rows, cols] = self.shape;
         match host {
-            HostStorage::Half { bits, kind } => bits
-                .iter()
-                .map(|b| match kind {
-                    HalfKind::Bf16 => half::bf16::from_bits(*b).to_f32(),
-                    HalfKind::F16 => half::f16::from_bits(*b).to_f32(),
-                })
-                .collect(),
-            HostStorage::Int8 { codes, stats } => bnb::dequantize_int8_rows(codes, stats, cols),
+            HostStorage::Half { bits, kind } => match kind {
+                HalfKind::Bf16 => {
+                    host_dequant::widen_halves(bits, |b| half::bf16::from_bits(b).to_f32())
+                }
+                HalfKind::F16 => {
+                    host_dequant::widen_halves(bits, |b| half::f16::from_bits(b).to_f32())
+                }
+            },
+            HostStorage::Int8 { codes, stats } => {
+                host_dequant::dequantize_int8_rows(codes, stats, cols)
+            }
             HostStorage::FourBit {
                 packed,
                 kind,
@@ -277,7 +282,7 @@ impl<B: Backend> QuantizedWeight<B> {
                     BlockScales::Plain(absmax) => absmax.into(),
                     BlockScales::Double(dq) => bnb::double_dequantize(dq).into(),
                 };
-                bnb::dequantize_4bit(packed, &absmax, *blocksize, *kind, rows * cols)
+                host_dequant::dequantize_4bit(packed, &absmax, *blocksize, *kind, rows * cols)
             }
         }
     }
