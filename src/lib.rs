@@ -37,11 +37,17 @@ pub use tikv_jemallocator;
 /// Makes jemalloc the global allocator of the program that calls it (the CLI, benches, examples,
 /// tests). glibc's malloc hands every large tensor back to the OS on free and page-faults it in
 /// again on the next allocation (measured: a quarter of a forward's time in the kernel);
-/// jemalloc keeps freed pages for reuse, and with the options below never purges them: by
-/// default it hands dirty pages back over ten seconds, and a training step that frees and
-/// allocates the same activations again page-faults part of them back in (measured: the 256M
-/// forward 1.31 -> 1.25 s, system time 3.6 -> 1.5 s; peak RSS unchanged, as it is the high-water
-/// mark either way). `_RJEM_MALLOC_CONF` in the environment still overrides them.
+/// jemalloc keeps freed pages for reuse, and with the options below never purges them and
+/// backs its memory with transparent huge pages:
+/// - by default it hands dirty pages back over ten seconds, and a step that frees and
+///   allocates the same activations again page-faults part of them back in (measured: the
+///   256M forward 1.31 -> 1.25 s, system time 3.6 -> 1.5 s; peak RSS unchanged, as it is the
+///   high-water mark either way);
+/// - 2 MiB pages (`thp:always`, Linux only; a no-op where THP is off) cut the page faults of a
+///   forward from 746k to 2.6k and the TLB misses of the matmuls: the 256M LoRA SFT step
+///   1.63 -> 1.41 s, its peak RSS +9% (memory is handed out in 2 MiB pages).
+///
+/// `_RJEM_MALLOC_CONF` in the environment still overrides them.
 #[macro_export]
 macro_rules! use_retaining_allocator {
     () => {
@@ -50,7 +56,11 @@ macro_rules! use_retaining_allocator {
             $crate::tikv_jemallocator::Jemalloc;
 
         /// jemalloc's compiled-in options (`je_malloc_conf`, a weak symbol in jemalloc that this
-        /// definition overrides): freed pages stay with the process.
+        /// definition overrides): freed pages stay with the process, in huge pages.
+        #[cfg(target_os = "linux")]
+        #[export_name = "_rjem_malloc_conf"]
+        static JEMALLOC_OPTIONS: &u8 = &b"dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always\0"[0];
+        #[cfg(not(target_os = "linux"))]
         #[export_name = "_rjem_malloc_conf"]
         static JEMALLOC_OPTIONS: &u8 = &b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0"[0];
     };

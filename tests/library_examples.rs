@@ -52,27 +52,39 @@ fn dpo_trainer_example_trains_and_saves_an_adapter() {
     assert_trained(&out.path().join("final"));
 }
 
-/// The allocator the macro installs is jemalloc with page purging off: a freed activation's
-/// pages stay with the process for the next step instead of being faulted back in.
+/// One of jemalloc's options, read back through `mallctl` into a `T`.
+fn jemalloc_option<T: Default>(name: &std::ffi::CStr) -> T {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: `value` is a buffer of the option's type and `len` its size, as mallctl expects.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            (&mut value as *mut T).cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "mallctl {name:?}");
+    value
+}
+
+/// The allocator the macro installs is jemalloc with page purging off (a freed activation's
+/// pages stay with the process for the next step instead of being faulted back in) and, on
+/// Linux, transparent huge pages.
 #[test]
 fn the_retaining_allocator_never_purges_freed_pages() {
+    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+        return; // the environment overrides the compiled-in options
+    }
     for option in [c"opt.dirty_decay_ms", c"opt.muzzy_decay_ms"] {
-        let mut value: isize = 0;
-        let mut len = std::mem::size_of::<isize>();
-        // SAFETY: `value` is an ssize_t-sized buffer and `len` its size, as mallctl expects
-        // for these options.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                option.as_ptr(),
-                (&mut value as *mut isize).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(rc, 0, "mallctl {option:?}");
-        if std::env::var_os("_RJEM_MALLOC_CONF").is_none() {
-            assert_eq!(value, -1, "{option:?}");
-        }
+        assert_eq!(jemalloc_option::<isize>(option), -1, "{option:?}");
+    }
+    if cfg!(target_os = "linux") {
+        let thp = jemalloc_option::<usize>(c"opt.thp") as *const std::ffi::c_char;
+        // SAFETY: jemalloc hands back a pointer to a static C string.
+        let thp = unsafe { std::ffi::CStr::from_ptr(thp) };
+        assert_eq!(thp, c"always");
     }
 }
