@@ -282,9 +282,11 @@ pub fn quantize_int8_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     (codes, stats)
 }
 
+/// `1/127` as bitsandbytes rounds it to f32 (the int8 row scale's factor).
+pub(crate) const INV_127: f32 = 7.874015718698502e-3_f64 as f32;
+
 /// `int8_vectorwise_dequant`: `code · absmax_row · (1/127 as f32)`.
 pub fn dequantize_int8_rows(codes: &[i8], stats: &[f32], cols: usize) -> Vec<f32> {
-    const INV_127: f32 = 7.874015718698502e-3_f64 as f32;
     codes
         .iter()
         .enumerate()

@@ -37,7 +37,8 @@ fn parallel_fill(
 
 /// Chunk length: whole units (blocks, rows) of about [`TASK_ELEMENTS`] elements.
 fn chunk_of(unit: usize) -> usize {
-    unit.max(1) * (TASK_ELEMENTS / unit.max(1)).max(1)
+    let unit = unit.max(1);
+    unit * (TASK_ELEMENTS / unit).max(1)
 }
 
 /// [`crate::bnb::dequantize_4bit`] on every core: `code[q] · absmax[block]` for `n` values,
@@ -80,13 +81,13 @@ pub fn dequantize_4bit(
 
 /// [`crate::bnb::dequantize_int8_rows`] on every core: `code · absmax_row · (1/127 as f32)`.
 pub fn dequantize_int8_rows(codes: &[i8], stats: &[f32], cols: usize) -> Vec<f32> {
-    const INV_127: f32 = 7.874015718698502e-3_f64 as f32;
+    let cols = cols.max(1);
     parallel_fill(codes.len(), chunk_of(cols), |start, dst| {
-        for (r, row) in dst.chunks_mut(cols.max(1)).enumerate() {
+        for (r, row) in dst.chunks_mut(cols).enumerate() {
             let first = start + r * cols;
-            let scale = stats[first / cols.max(1)];
+            let scale = stats[first / cols];
             for (o, q) in row.iter_mut().zip(&codes[first..]) {
-                o.write(f32::from(*q) * scale * INV_127);
+                o.write(f32::from(*q) * scale * crate::bnb::INV_127);
             }
         }
     })

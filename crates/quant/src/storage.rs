@@ -342,7 +342,7 @@ impl<B: Backend> QuantizedWeight<B> {
                 signed.reshape([rows, cols])
             }
             StorageFormat::Int8 => {
-                let inv127 = 7.874015718698502e-3_f64 as f32;
+                let inv127 = bnb::INV_127;
                 let scales = self
                     .scales
                     .clone()
