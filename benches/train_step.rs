@@ -107,9 +107,12 @@ fn run<AB: AutodiffBackend>(mode: &str) {
     }
     let tokens = TokenBatch::from_rows(&[ids]).unwrap();
     let pixels = common::tiled_pixels(tiles);
-    let inference = model.valid();
+    // Only the forward modes keep an inference copy: it shares the weights of the model as
+    // loaded, and after a full fine-tune's first update it would hold the old text weights
+    // (513 MiB) beside the new ones.
+    let inference = forward_only.then(|| model.valid());
     let mut step = || {
-        if forward_only {
+        if let Some(inference) = &inference {
             let logits = inference.forward(&tokens, Some(&pixels)).unwrap();
             drop(logits.into_data());
             return;

@@ -1,13 +1,15 @@
 //! The model against transformers on the two tiny checkpoints (fixtures from
 //! `scripts/reference/model_fixtures.py`): vision tower, connector, logits of a padded
-//! multi-tile batch, masked-label loss, and greedy generation.
+//! multi-tile batch, masked-label loss, and greedy generation; and the training path's image
+//! features (frozen tower and connector run together in chunks of tiles) against the plain path.
 
 mod common;
 
-use common::{fixture_path, host, max_abs_diff, Fixture, B};
+use common::{fixture_path, host, max_abs_diff, Fixture, AB, B};
 use vlmtune_model::{
     causal_lm_loss, generate, load_dir, GenerationConfig, PixelBatch, SmolVlm, TokenBatch,
 };
+use vlmtune_peft::{add_adapter, LoraPreset};
 
 const KINDS: [&str; 2] = ["smolvlm", "idefics3"];
 
@@ -99,6 +101,44 @@ fn vision_connector_logits_and_loss_of_a_padded_batch() {
             "{kind}: loss {loss} vs transformers {want_loss}"
         );
     }
+}
+
+#[test]
+fn frozen_tower_and_connector_in_chunks_match_the_plain_path() {
+    // 2 samples x 20 tiles of 64 patches: the training path encodes 16 tiles per chunk and
+    // projects each chunk through the connector before joining; the plain path joins the
+    // tower's output first. A padding tile (all zeros) in the second sample is dropped.
+    let mut model = load_dir::<AB>(&fixture_path("tiny-smolvlm"), &Default::default()).unwrap();
+    add_adapter(
+        &mut model,
+        "default",
+        &LoraPreset::TextAttention.config(4, 8.0),
+        0,
+    )
+    .unwrap();
+    assert!(!model.vision_is_trainable());
+    let tile = 3 * 32 * 32;
+    let mut values: Vec<f32> = (0..2 * 20 * tile)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    values[39 * tile..].fill(0.0);
+    let pix = PixelBatch {
+        pixel_values: values,
+        shape: [2, 20, 3, 32, 32],
+        pixel_attention_mask: None,
+    };
+    let plain = model.encode_images(&pix).unwrap().unwrap();
+    let training = model.encode_images_for_training(&pix).unwrap().unwrap();
+    assert_eq!(training.tiles_per_sample, vec![20, 19]);
+    assert_eq!(training.tiles_per_sample, plain.tiles_per_sample);
+    assert_eq!(training.features.dims(), plain.features.dims());
+    let (got, want) = (
+        host(training.features.inner()),
+        host(plain.features.inner()),
+    );
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&got, &want);
+    assert!(err <= 1e-6 * scale, "max abs error {err} (scale {scale})");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct StepShape {
 pub struct StepSetup {
     /// Something in the vision tower trains (weights or adapters).
     pub vision_trains: bool,
+    /// Something in the connector trains (weights or adapters).
+    pub connector_trains: bool,
     /// Something in the text layers' q/k/v projections trains (weights or adapters).
     pub qkv_trains: bool,
     /// Something in the text layers' MLP trains (weights or adapters).
@@ -160,6 +162,9 @@ pub fn estimate(
     let vision_layers = v.num_hidden_layers as u64;
     let pixels = tiles * (v.num_channels * v.image_size * v.image_size) as u64 * F32;
     let output = tiles * patches * dv * F32;
+    // With the tower and the connector frozen, the connector runs on each chunk's output, and
+    // only its (`scale_factor²` fewer, `Dt`-wide) features are kept for every tile.
+    let features = tiles * config.image_seq_len() as u64 * t.hidden_size as u64 * F32;
     let (vision_phase, vision_kept) = if tiles == 0 {
         (0, 0)
     } else if setup.vision_trains {
@@ -176,7 +181,12 @@ pub fn estimate(
         // One frozen layer's working set on one chunk: its input, the residual branch and
         // the MLP's two intermediate tensors.
         let chunk = VISION_CHUNK_PATCHES.max(patches).min(tiles * patches);
-        ((2 * dv + 2 * iv) * chunk * F32 + output, 0)
+        let kept = if setup.connector_trains {
+            output
+        } else {
+            features
+        };
+        ((2 * dv + 2 * iv) * chunk * F32 + kept, 0)
     };
     let trainable = weights.trainable_params as u64;
     MemoryPlan {
@@ -219,6 +229,7 @@ pub fn plan_model<AB: burn::tensor::backend::AutodiffBackend>(
         shape,
         StepSetup {
             vision_trains: model.vision_is_trainable(),
+            connector_trains: model.connector_is_trainable(),
             qkv_trains: any_of(&["q_proj", "k_proj", "v_proj"]),
             mlp_trains: any_of(&["mlp."]),
             gradient_checkpointing,
@@ -381,6 +392,7 @@ mod tests {
         let setup = |gradient_checkpointing| StepSetup {
             optimizer_8bit: false,
             vision_trains: false,
+            connector_trains: false,
             qkv_trains: true,
             mlp_trains: false,
             gradient_checkpointing,

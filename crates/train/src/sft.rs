@@ -283,13 +283,8 @@ impl<AB: AutodiffBackend> Trainer<AB, SftObjective<AB>> {
         train_set: Vec<SftExample>,
         device: AB::Device,
     ) -> Result<Self> {
-        let params = vlmtune_peft::named_params::<AB, _>(&model);
-        let vision_trains = params
-            .iter()
-            .any(|p| p.trainable && p.path.starts_with("model.vision_model."));
-        let connector_trains = params
-            .iter()
-            .any(|p| p.trainable && p.path.starts_with("model.connector."));
+        let vision_trains = model.vision_is_trainable();
+        let connector_trains = model.connector_is_trainable();
         let level = match (args.cache_image_features, vision_trains, connector_trains) {
             (false, _, _) | (_, true, _) => CacheLevel::Off,
             (true, false, true) => CacheLevel::Vision,
