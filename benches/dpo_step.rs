@@ -78,8 +78,12 @@ fn main() {
         asked.iter().map(String::as_str).collect()
     };
     for mode in modes {
-        let (s, mib) = common::run_mode_in_subprocess(mode);
-        print!("256M DPO step per pair, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
+        let ours = common::run_mode_in_subprocess(mode);
+        let (s, mib) = (ours.secs, ours.peak_rss_mib);
+        print!(
+            "256M DPO step per pair, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB (live heap {:.0})",
+            ours.peak_heap_mib
+        );
         if let Some(theirs) = trl {
             println!(
                 "{}",

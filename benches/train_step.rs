@@ -15,7 +15,9 @@
 //! * `fwd-f32` / `fwd-bf16` / `fwd-int8` / `fwd-nf4`: a forward pass without autodiff, for
 //!   the cost of dequantising inside the matmuls.
 //!
-//! Each mode runs in its own process so that peak memory is its own:
+//! Each mode runs in its own process so that peak memory is its own; beside peak RSS (what
+//! the ratios use, as PyTorch's figure is RSS too) it reports the live-heap peak, the most that
+//! was allocated at once, which tells the step's own memory from what jemalloc keeps around it:
 //! `cargo bench --bench train_step` (all modes) or `-- sft sft-nf4` (those).
 
 mod common;
@@ -181,7 +183,8 @@ fn main() {
         asked.iter().map(String::as_str).collect()
     };
     for mode in modes {
-        let (s, mib) = common::run_mode_in_subprocess(mode);
+        let ours = common::run_mode_in_subprocess(mode);
+        let (s, mib) = (ours.secs, ours.peak_rss_mib);
         let what = if mode.starts_with("sft") || mode.starts_with("full17") {
             "SFT step"
         } else if forward_only_mode(mode) {
@@ -189,7 +192,10 @@ fn main() {
         } else {
             "forward+backward"
         };
-        print!("256M {what}, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB");
+        print!(
+            "256M {what}, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB (live heap {:.0})",
+            ours.peak_heap_mib
+        );
         if let Some(r) = reference.as_ref().and_then(|r| r.get(mode)) {
             let theirs = (
                 r["median_s"].as_f64().unwrap(),

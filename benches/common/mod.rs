@@ -3,7 +3,7 @@
 //! the reference scripts use too, and running each mode in its own process.
 #![allow(dead_code)]
 
-vlmtune::use_retaining_allocator!();
+vlmtune::use_retaining_allocator!(counting);
 
 use std::path::PathBuf;
 
@@ -81,14 +81,31 @@ pub fn mode_arg() -> Option<String> {
 /// Prints a mode's figures as the JSON line [`run_mode_in_subprocess`] reads.
 pub fn print_mode_result(mode: &str, median_s: f64) {
     println!(
-        "{{\"mode\": \"{mode}\", \"median_s\": {median_s:.3}, \"peak_rss_mib\": {:.0}}}",
-        peak_rss_mib()
+        "{{\"mode\": \"{mode}\", \"median_s\": {median_s:.3}, \"peak_rss_mib\": {:.0}, \"peak_heap_mib\": {:.0}}}",
+        peak_rss_mib(),
+        peak_heap_mib()
     );
 }
 
+/// The most heap that was live at once in this process, in MiB (what the allocator was asked
+/// for; peak RSS adds what it kept around that).
+pub fn peak_heap_mib() -> f64 {
+    vlmtune::heap::peak_bytes() as f64 / (1024.0 * 1024.0)
+}
+
+/// One mode's figures, from its own process.
+pub struct ModeFigures {
+    /// Median seconds of a step.
+    pub secs: f64,
+    /// Peak resident memory, MiB.
+    pub peak_rss_mib: f64,
+    /// Peak live heap, MiB.
+    pub peak_heap_mib: f64,
+}
+
 /// Runs this benchmark binary again with `--mode <mode>` (its own process, so the peak
-/// memory is the mode's own); returns its median seconds and peak RSS in MiB.
-pub fn run_mode_in_subprocess(mode: &str) -> (f64, f64) {
+/// memory is the mode's own).
+pub fn run_mode_in_subprocess(mode: &str) -> ModeFigures {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(&exe)
         .args(["--mode", mode])
@@ -97,10 +114,11 @@ pub fn run_mode_in_subprocess(mode: &str) -> (f64, f64) {
     let line = String::from_utf8_lossy(&out.stdout);
     let ours: serde_json::Value = serde_json::from_str(line.trim())
         .unwrap_or_else(|_| panic!("{line}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (
-        ours["median_s"].as_f64().unwrap(),
-        ours["peak_rss_mib"].as_f64().unwrap(),
-    )
+    ModeFigures {
+        secs: ours["median_s"].as_f64().unwrap(),
+        peak_rss_mib: ours["peak_rss_mib"].as_f64().unwrap(),
+        peak_heap_mib: ours["peak_heap_mib"].as_f64().unwrap(),
+    }
 }
 
 /// The side-by-side line `scripts/bench_vs_pytorch.sh` collects:
