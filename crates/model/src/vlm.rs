@@ -476,16 +476,12 @@ impl<B: AutodiffBackend> SmolVlm<B> {
     /// Whether any parameter of the vision tower receives gradients (it is trained, or
     /// carries an adapter).
     pub fn vision_is_trainable(&self) -> bool {
-        vlmtune_peft::named_params(&self.model.vision_model)
-            .iter()
-            .any(|p| p.trainable)
+        any_trainable(&self.model.vision_model)
     }
 
     /// Whether any parameter of the connector receives gradients.
     pub fn connector_is_trainable(&self) -> bool {
-        vlmtune_peft::named_params(&self.model.connector)
-            .iter()
-            .any(|p| p.trainable)
+        any_trainable(&self.model.connector)
     }
 
     /// [`Self::encode_vision`] for a training step: when nothing in the vision tower trains,
@@ -498,13 +494,7 @@ impl<B: AutodiffBackend> SmolVlm<B> {
         if self.vision_is_trainable() {
             return self.encode_vision(pixels);
         }
-        let Some(input) = self.vision_input(pixels)? else {
-            return Ok(None);
-        };
-        let tower = self.model.vision_model.valid();
-        let device = tower.post_layernorm.weight.val().device();
-        let vision = input.run(&tower, &device, |v| v);
-        Ok(Some((Tensor::from_inner(vision), input.tiles_per_sample)))
+        self.run_frozen_tower(pixels, |v| v)
     }
 
     /// [`Self::encode_images`] with the vision tower as [`Self::encode_vision_for_training`]
@@ -516,25 +506,44 @@ impl<B: AutodiffBackend> SmolVlm<B> {
         &self,
         pixels: &PixelBatch,
     ) -> Result<Option<ImageFeatures<B>>> {
-        if !self.connector_is_trainable() && !self.vision_is_trainable() {
-            let Some(input) = self.vision_input(pixels)? else {
-                return Ok(None);
-            };
-            let tower = self.model.vision_model.valid();
-            let connector = self.model.connector.valid();
-            let device = tower.post_layernorm.weight.val().device();
-            let features = input.run(&tower, &device, |v| connector.forward(v));
-            return Ok(Some(ImageFeatures {
-                features: Tensor::from_inner(features),
-                tiles_per_sample: input.tiles_per_sample,
-            }));
+        if self.vision_is_trainable() {
+            return self.encode_images(pixels);
         }
-        let feats = self.encode_vision_for_training(pixels)?;
-        Ok(feats.map(|(vision, tiles)| ImageFeatures {
-            features: self.model.connector.forward(vision),
-            tiles_per_sample: tiles,
+        let encoded = if self.connector_is_trainable() {
+            self.run_frozen_tower(pixels, |v| v)?
+                .map(|(vision, tiles)| (self.model.connector.forward(vision), tiles))
+        } else {
+            let connector = self.model.connector.valid();
+            self.run_frozen_tower(pixels, |v| connector.forward(v))?
+        };
+        Ok(encoded.map(|(features, tiles_per_sample)| ImageFeatures {
+            features,
+            tiles_per_sample,
         }))
     }
+
+    /// The frozen vision tower on the inner backend (no graph), each chunk of tiles' output
+    /// passed through `then`; the result as a fresh leaf, with the real tiles per sample.
+    fn run_frozen_tower(
+        &self,
+        pixels: &PixelBatch,
+        then: impl Fn(Tensor<B::InnerBackend, 3>) -> Tensor<B::InnerBackend, 3>,
+    ) -> Result<Option<(Tensor<B, 3>, Vec<usize>)>> {
+        let Some(input) = self.vision_input(pixels)? else {
+            return Ok(None);
+        };
+        let tower = self.model.vision_model.valid();
+        let device = tower.post_layernorm.weight.val().device();
+        let out = input.run(&tower, &device, then);
+        Ok(Some((Tensor::from_inner(out), input.tiles_per_sample)))
+    }
+}
+
+/// Whether any parameter of `module` receives gradients.
+fn any_trainable<B: Backend, M: Module<B>>(module: &M) -> bool {
+    vlmtune_peft::named_params(module)
+        .iter()
+        .any(|p| p.trainable)
 }
 
 /// Patch mask of one tile: a patch is real when any pixel of its `p×p` block is.

@@ -162,9 +162,6 @@ pub fn estimate(
     let vision_layers = v.num_hidden_layers as u64;
     let pixels = tiles * (v.num_channels * v.image_size * v.image_size) as u64 * F32;
     let output = tiles * patches * dv * F32;
-    // With the tower and the connector frozen, the connector runs on each chunk's output, and
-    // only its (`scale_factor²` fewer, `Dt`-wide) features are kept for every tile.
-    let features = tiles * config.image_seq_len() as u64 * t.hidden_size as u64 * F32;
     let (vision_phase, vision_kept) = if tiles == 0 {
         (0, 0)
     } else if setup.vision_trains {
@@ -181,10 +178,12 @@ pub fn estimate(
         // One frozen layer's working set on one chunk: its input, the residual branch and
         // the MLP's two intermediate tensors.
         let chunk = VISION_CHUNK_PATCHES.max(patches).min(tiles * patches);
+        // With the connector frozen too, it runs on each chunk's output, and only its
+        // (`scale_factor²` fewer, `Dt`-wide) features are kept for every tile.
         let kept = if setup.connector_trains {
             output
         } else {
-            features
+            tiles * config.image_seq_len() as u64 * t.hidden_size as u64 * F32
         };
         ((2 * dv + 2 * iv) * chunk * F32 + kept, 0)
     };
