@@ -9,7 +9,9 @@
 //!   processor's default 2048-px longest edge: 16 tiles + the global one, 1230 tokens) with
 //!   the LoRA, and as a full fine-tune of the text model (vision and connector frozen),
 //!   without and with gradient checkpointing; `full17-8bit`: the full fine-tune with
-//!   bitsandbytes' 8-bit AdamW states (`optim = "adamw_8bit"`);
+//!   bitsandbytes' 8-bit AdamW states (`optim = "adamw_8bit"`); `sft17-bf16` / `sft17-bf16-gc`:
+//!   the 17-tile LoRA step with the frozen weights stored in bf16, where they no longer
+//!   outweigh the activations that checkpointing frees;
 //! * `sft-bf16` / `sft-int8` / `sft-nf4`: that SFT step with the frozen weights stored in
 //!   bf16 (every projection), int8 or NF4 + double quantisation (text projections; QLoRA);
 //! * `fwd-f32` / `fwd-bf16` / `fwd-int8` / `fwd-nf4`: a forward pass without autodiff, for
@@ -33,7 +35,7 @@ use vlmtune::train::sft::batch_loss;
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
-const MODES: [&str; 16] = [
+const MODES: [&str; 18] = [
     "lora",
     "full",
     "sft",
@@ -43,6 +45,8 @@ const MODES: [&str; 16] = [
     "full17",
     "full17-gc",
     "full17-8bit",
+    "sft17-bf16",
+    "sft17-bf16-gc",
     "sft-bf16",
     "sft-int8",
     "sft-nf4",
@@ -57,12 +61,12 @@ const TILES: usize = 17;
 
 /// The frozen-weight storage a mode asks for.
 fn quant_of(mode: &str) -> Option<QuantConfig> {
-    match mode.rsplit('-').next() {
-        Some("bf16") => Some(QuantConfig::bf16()),
-        Some("int8") => Some(QuantConfig::int8()),
-        Some("nf4") => Some(QuantConfig::nf4()),
+    mode.split('-').find_map(|part| match part {
+        "bf16" => Some(QuantConfig::bf16()),
+        "int8" => Some(QuantConfig::int8()),
+        "nf4" => Some(QuantConfig::nf4()),
         _ => None,
-    }
+    })
 }
 
 fn run<AB: AutodiffBackend>(mode: &str) {
@@ -77,7 +81,8 @@ fn run<AB: AutodiffBackend>(mode: &str) {
     let tiles = if mode.contains("17") { TILES } else { 1 };
     match mode {
         _ if forward_only => {}
-        "lora" | "sft" | "sft-gc" | "sft17" | "sft17-gc" | "sft-bf16" | "sft-int8" | "sft-nf4" => {
+        "lora" | "sft" | "sft-gc" | "sft17" | "sft17-gc" | "sft17-bf16" | "sft17-bf16-gc"
+        | "sft-bf16" | "sft-int8" | "sft-nf4" => {
             let lora = LoraPreset::TextAttention.config(8, 16.0);
             add_adapter(&mut model, "default", &lora, 0).unwrap();
         }

@@ -9,7 +9,8 @@
 # quantisation), dpo_step (shared prefix, per pair, against TRL's layout in PyTorch), and the
 # gradient-checkpointing pairs on a 17-tile image: sft_step_17tiles[_gc] (LoRA) and
 # full_step_17tiles[_gc] (full fine-tune of the text model), PyTorch with
-# gradient_checkpointing=True for the _gc lines; and allreduce_256m_lora, one step's gradient
+# gradient_checkpointing=True for the _gc lines, and sft_step_17tiles_bf16[_gc] (the LoRA pair
+# with the frozen weights stored in bf16; PyTorch's model in bfloat16); and allreduce_256m_lora, one step's gradient
 # all-reduce of that LoRA adapter between 2 processes (vlmtune through its orchestrator,
 # PyTorch gloo).
 # Memory is peak RSS of each run's own process.
@@ -43,8 +44,8 @@ step() {
 
 step "$PYTHON" scripts/reference/bench_forward.py
 step cargo bench --bench forward -- --summary
-step "$PYTHON" scripts/reference/bench_train_step.py sft sft-nf4 sft17 sft17-gc full17 full17-gc
-step cargo bench --bench train_step -- sft sft-nf4 sft17 sft17-gc full17 full17-gc
+step "$PYTHON" scripts/reference/bench_train_step.py sft sft-nf4 sft17 sft17-gc full17 full17-gc sft17-bf16 sft17-bf16-gc
+step cargo bench --bench train_step -- sft sft-nf4 sft17 sft17-gc full17 full17-gc sft17-bf16 sft17-bf16-gc
 step "$PYTHON" scripts/reference/bench_dpo_step.py
 step cargo bench --bench dpo_step -- shared
 step "$PYTHON" scripts/reference/bench_epochs.py

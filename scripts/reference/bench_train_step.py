@@ -2,7 +2,9 @@
 architecture (random weights, f32, sdpa attention (VLMTUNE_BENCH_ATTN), one 512x512 tile, batch 1, 16 labelled
 tokens) with PEFT LoRA r=8 on the text attention, and as a full fine-tune; the SFT step on a
 17-tile image (`sft17`: LoRA, `full17`: full fine-tune of the text model), each also with
-`gradient_checkpointing=True` (`-gc`, non-reentrant as TRL sets it); the SFT step with
+`gradient_checkpointing=True` (`-gc`, non-reentrant as TRL sets it); `sft17-bf16` (`-gc`):
+the 17-tile LoRA step with the model loaded in bfloat16 (`dtype=torch.bfloat16`, PEFT's
+adapters in float32 as its default `autocast_adapter_dtype` makes them); the SFT step with
 the frozen weights quantised by bitsandbytes (`sft-nf4`: NF4 + double quantisation, `sft-int8`;
 text projections, vision/connector/lm_head skipped) and forward passes without autograd
 (`fwd-f32`, `fwd-nf4`, `fwd-int8`). Quantised modes load the same random weights from a
@@ -43,6 +45,8 @@ def build(mode: str):
     config = quant_config(mode)
     if config is None:
         model = Idefics3ForConditionalGeneration(smolvlm_256m_config())
+        if "bf16" in mode:
+            model = model.to(torch.bfloat16)
     else:
         if not os.path.exists(os.path.join(CHECKPOINT, "config.json")):
             Idefics3ForConditionalGeneration(smolvlm_256m_config()).save_pretrained(CHECKPOINT)
@@ -85,6 +89,8 @@ def run(mode: str) -> dict:
     labels = torch.full_like(ids, -100)
     labels[:, -16:] = ids[:, -16:]
     pixels = torch.rand(1, tiles, 3, 512, 512) * 2 - 1
+    if "bf16" in mode:
+        pixels = pixels.to(torch.bfloat16)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
 
