@@ -79,22 +79,19 @@ fn main() {
     };
     for mode in modes {
         let ours = common::run_mode_in_subprocess(mode);
-        let (s, mib) = (ours.secs, ours.peak_rss_mib);
-        print!(
-            "256M DPO step per pair, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB (live heap {:.0})",
-            ours.peak_heap_mib
-        );
+        let ours_pair = ours.time_and_rss();
+        print!("256M DPO step per pair, {mode}: {}", ours.summary());
         if let Some(theirs) = trl {
             println!(
                 "{}",
-                common::ratio_suffix("TRL-style PyTorch", (s, mib), theirs)
+                common::ratio_suffix("TRL-style PyTorch", ours_pair, theirs)
             );
             let name = if mode == "shared" {
                 "dpo_step"
             } else {
                 "dpo_step_plain"
             };
-            println!("{}", common::ratio_line(name, (s, mib), theirs));
+            println!("{}", common::ratio_line(name, ours_pair, theirs));
         } else {
             println!();
         }

@@ -189,7 +189,6 @@ fn main() {
     };
     for mode in modes {
         let ours = common::run_mode_in_subprocess(mode);
-        let (s, mib) = (ours.secs, ours.peak_rss_mib);
         let what = if mode.starts_with("sft") || mode.starts_with("full17") {
             "SFT step"
         } else if forward_only_mode(mode) {
@@ -197,18 +196,21 @@ fn main() {
         } else {
             "forward+backward"
         };
-        print!(
-            "256M {what}, {mode}: vlmtune {s:.2} s, peak RSS {mib:.0} MiB (live heap {:.0})",
-            ours.peak_heap_mib
-        );
+        print!("256M {what}, {mode}: {}", ours.summary());
         if let Some(r) = reference.as_ref().and_then(|r| r.get(mode)) {
             let theirs = (
                 r["median_s"].as_f64().unwrap(),
                 r["peak_rss_mib"].as_f64().unwrap(),
             );
-            print!("{}", common::ratio_suffix("PyTorch", (s, mib), theirs));
+            print!(
+                "{}",
+                common::ratio_suffix("PyTorch", ours.time_and_rss(), theirs)
+            );
             println!();
-            println!("{}", common::ratio_line(&line_name(mode), (s, mib), theirs));
+            println!(
+                "{}",
+                common::ratio_line(&line_name(mode), ours.time_and_rss(), theirs)
+            );
         } else {
             println!();
         }

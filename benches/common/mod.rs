@@ -103,6 +103,21 @@ pub struct ModeFigures {
     pub peak_heap_mib: f64,
 }
 
+impl ModeFigures {
+    /// `vlmtune X s, peak RSS Y MiB (live heap Z)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "vlmtune {:.2} s, peak RSS {:.0} MiB (live heap {:.0})",
+            self.secs, self.peak_rss_mib, self.peak_heap_mib
+        )
+    }
+
+    /// Seconds and peak RSS, as [`ratio_suffix`] and [`ratio_line`] take them.
+    pub fn time_and_rss(&self) -> (f64, f64) {
+        (self.secs, self.peak_rss_mib)
+    }
+}
+
 /// Runs this benchmark binary again with `--mode <mode>` (its own process, so the peak
 /// memory is the mode's own).
 pub fn run_mode_in_subprocess(mode: &str) -> ModeFigures {

@@ -130,8 +130,10 @@ impl<B: Backend> Value<B> {
     }
 }
 
-/// Whether any parameter of `modules` takes gradients.
-fn any_trainable<AB: AutodiffBackend, M: Module<AB>>(modules: &[M]) -> bool {
+/// Whether any parameter of `modules` takes gradients (trained, or an adapter's).
+pub(crate) fn any_trainable<'a, B: Backend, M: Module<B> + 'a>(
+    modules: impl IntoIterator<Item = &'a M>,
+) -> bool {
     struct Trainable(bool);
     impl<B: Backend> ModuleVisitor<B> for Trainable {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -11,6 +11,7 @@ use vlmtune_quant::{RandomInit, Weights};
 use crate::config::VlmConfig;
 use crate::connector::Connector;
 use crate::error::{ModelError, Result};
+use crate::recompute::any_trainable;
 use crate::text::{KvCache, TextContext, TextModel};
 use crate::vision::VisionTransformer;
 
@@ -476,12 +477,12 @@ impl<B: AutodiffBackend> SmolVlm<B> {
     /// Whether any parameter of the vision tower receives gradients (it is trained, or
     /// carries an adapter).
     pub fn vision_is_trainable(&self) -> bool {
-        any_trainable(&self.model.vision_model)
+        any_trainable([&self.model.vision_model])
     }
 
     /// Whether any parameter of the connector receives gradients.
     pub fn connector_is_trainable(&self) -> bool {
-        any_trainable(&self.model.connector)
+        any_trainable([&self.model.connector])
     }
 
     /// [`Self::encode_vision`] for a training step: when nothing in the vision tower trains,
@@ -537,13 +538,6 @@ impl<B: AutodiffBackend> SmolVlm<B> {
         let out = input.run(&tower, &device, then);
         Ok(Some((Tensor::from_inner(out), input.tiles_per_sample)))
     }
-}
-
-/// Whether any parameter of `module` receives gradients.
-fn any_trainable<B: Backend, M: Module<B>>(module: &M) -> bool {
-    vlmtune_peft::named_params(module)
-        .iter()
-        .any(|p| p.trainable)
 }
 
 /// Patch mask of one tile: a patch is real when any pixel of its `p×p` block is.
