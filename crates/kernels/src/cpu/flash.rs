@@ -4,7 +4,10 @@
 //! forward keeps a running maximum and sum per row (online softmax) and stores only the
 //! log-sum-exp per row for the backward, which recomputes each block's probabilities from it
 //! (FlashAttention-2's algorithm). No `[q_len, kv_len]` score tensor is ever kept. The block
-//! products run on the `gemm` crate, one thread each; the work is spread over
+//! products run on the `gemm` crate, one thread each; in the forward the query block, the
+//! scores and the accumulator are column-major, the layout gemm reads and writes without
+//! copying element by element, and the online softmax runs across query rows in SIMD lanes
+//! (2-core Xeon: forward of one tile 1.17-1.20 -> 1.05-1.10 s). The work is spread over
 //! `batch x heads x query blocks` (forward) and `batch x heads` (backward) with rayon.
 //!
 //! Masked scores get the value `f32::MIN`, exactly as the additive mask of the plain path
@@ -14,7 +17,8 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::exp::{exp, exp_shifted_sum};
+use super::exp::{exp, exp_shifted_sum, with_simd};
+use super::transpose::transpose;
 
 /// Query rows per block.
 pub const BLOCK_Q: usize = 64;
@@ -69,6 +73,11 @@ impl HeadsView<'_> {
         let at = self.offset + b * sb + h * sh + i * sl;
         &self.data[at..at + d]
     }
+    /// The storage from row `i` of head `(b, h)` on.
+    fn rows_from(&self, b: usize, h: usize, i: usize) -> &[f32] {
+        let [sb, sh, sl] = self.strides;
+        &self.data[self.offset + b * sb + h * sh + i * sl..]
+    }
     fn row_stride(&self) -> isize {
         self.strides[2] as isize
     }
@@ -113,6 +122,29 @@ impl Mask<'_> {
                 if !k {
                     *s = f32::MIN;
                 }
+            }
+        }
+    }
+
+    /// Sets the masked scores of a column-major block (`block[c * rows + r]` is query
+    /// `i0 + r` against key `j0 + c`) to `f32::MIN`.
+    fn apply_to_columns(
+        &self,
+        g: &Geometry,
+        b: usize,
+        i0: usize,
+        j0: usize,
+        block: &mut [f32],
+        rows: usize,
+    ) {
+        for (c, column) in block.chunks_exact_mut(rows).enumerate() {
+            let j = j0 + c;
+            if self.key_keep.is_some_and(|keep| !keep[b * g.kv_len + j]) {
+                column.fill(f32::MIN);
+            } else if self.causal {
+                // Query i sees key j when j <= past + i.
+                let hidden = (j + 1).saturating_sub(g.past() + i0 + 1).min(rows);
+                column[..hidden].fill(f32::MIN);
             }
         }
     }
@@ -213,45 +245,41 @@ pub fn forward(
             let i0 = qb * BLOCK_Q;
             let i1 = (i0 + BLOCK_Q).min(g.q_len);
             let rows = i1 - i0;
+            // Every block is kept column-major (a column per key, or per head feature): gemm's
+            // microkernel reads its left operand and writes its output down columns, and the
+            // online softmax then runs across the query rows, in SIMD lanes.
+            let mut q_columns = vec![0.0f32; d * rows];
+            transpose(q.rows_from(b, h, i0), rows, d, q.strides[2], &mut q_columns);
             let mut scores = vec![0.0f32; rows * BLOCK_K];
             let mut acc = vec![0.0f32; rows * d];
-            let mut max = vec![f32::NEG_INFINITY; rows];
-            let mut sum = vec![0.0f32; rows];
+            let mut running = Running::new(rows);
             let key_end = mask.key_end(&g, b, i0, i1);
             for j0 in (0..key_end).step_by(BLOCK_K) {
                 let cols = (j0 + BLOCK_K).min(g.kv_len) - j0;
-                // SAFETY: the views cover these rows; `scores` holds rows×cols.
+                let block = &mut scores[..rows * cols];
+                // SAFETY: the views cover these rows; `block` holds rows×cols, `q_columns`
+                // d×rows.
                 unsafe {
                     matmul(
                         [rows, cols, d],
-                        (scores.as_mut_ptr(), cols as isize, 1),
+                        (block.as_mut_ptr(), 1, rows as isize),
                         false,
-                        (q.row(b, h, i0), q.row_stride(), 1),
+                        (q_columns.as_ptr(), 1, rows as isize),
                         (k.row(b, kvh, j0), 1, k.row_stride()),
                         scale,
                     );
                 }
-                for r in 0..rows {
-                    let row = &mut scores[r * cols..(r + 1) * cols];
-                    mask.apply(&g, b, i0 + r, j0, row);
-                    let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let new_max = max[r].max(block_max);
-                    let correction = exp(max[r] - new_max);
-                    sum[r] = sum[r] * correction + exp_shifted_sum(row, new_max);
-                    max[r] = new_max;
-                    if correction != 1.0 {
-                        acc[r * d..(r + 1) * d]
-                            .iter_mut()
-                            .for_each(|a| *a *= correction);
-                    }
+                mask.apply_to_columns(&g, b, i0, j0, block, rows);
+                if running.absorb(block) {
+                    scale_columns(&mut acc, &running.correction);
                 }
-                // SAFETY: as above; `acc` holds rows×d.
+                // SAFETY: as above; `acc` holds d×rows.
                 unsafe {
                     matmul(
                         [rows, d, cols],
-                        (acc.as_mut_ptr(), d as isize, 1),
+                        (acc.as_mut_ptr(), 1, rows as isize),
                         true,
-                        (scores.as_ptr(), cols as isize, 1),
+                        (block.as_ptr(), 1, rows as isize),
                         (v.row(b, kvh, j0), v.row_stride(), 1),
                         1.0,
                     );
@@ -274,15 +302,96 @@ pub fn forward(
                     dst.iter_mut().for_each(|o| *o /= g.kv_len as f32);
                     *lse_at = f32::NAN;
                 } else {
-                    let inv = 1.0 / sum[r];
-                    for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                        *o = a * inv;
+                    let inv = 1.0 / running.sum[r];
+                    for (o, column) in dst.iter_mut().zip(acc.chunks_exact(rows)) {
+                        *o = column[r] * inv;
                     }
-                    *lse_at = max[r] + sum[r].ln();
+                    *lse_at = running.max[r] + running.sum[r].ln();
                 }
             }
         });
     Forward { out, lse }
+}
+
+/// The online softmax's per-row state over the key blocks seen so far.
+struct Running {
+    /// The largest score of each row.
+    max: Vec<f32>,
+    /// `Σ exp(score - max)` of each row.
+    sum: Vec<f32>,
+    /// The last block's rescaling of the earlier blocks' terms, `exp(old max - new max)`.
+    correction: Vec<f32>,
+    /// Scratch: the last block's own maxima, then its sums.
+    block: Vec<f32>,
+}
+
+impl Running {
+    fn new(rows: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            correction: vec![1.0; rows],
+            block: vec![0.0; rows],
+        }
+    }
+
+    /// Takes in one column-major block of scores (replaced by `exp(score - new max)`);
+    /// returns whether the earlier blocks' terms need rescaling.
+    fn absorb(&mut self, scores: &mut [f32]) -> bool {
+        columns_max(scores, &mut self.block);
+        let mut rescale = false;
+        for ((max, block_max), correction) in self
+            .max
+            .iter_mut()
+            .zip(&self.block)
+            .zip(&mut self.correction)
+        {
+            let new_max = max.max(*block_max);
+            *correction = exp(*max - new_max);
+            rescale |= *correction != 1.0;
+            *max = new_max;
+        }
+        exp_columns(scores, &self.max, &mut self.block);
+        for ((sum, correction), block_sum) in
+            self.sum.iter_mut().zip(&self.correction).zip(&self.block)
+        {
+            *sum = *sum * correction + block_sum;
+        }
+        rescale
+    }
+}
+
+with_simd! {
+    fn columns_max(block: &[f32], max: &mut [f32]) -> () {
+        max.fill(f32::NEG_INFINITY);
+        for column in block.chunks_exact(max.len()) {
+            for (m, v) in max.iter_mut().zip(column) {
+                *m = m.max(*v);
+            }
+        }
+    }
+}
+
+with_simd! {
+    fn exp_columns(block: &mut [f32], shift: &[f32], sums: &mut [f32]) -> () {
+        sums.fill(0.0);
+        for column in block.chunks_exact_mut(shift.len()) {
+            for ((v, s), sum) in column.iter_mut().zip(shift).zip(sums.iter_mut()) {
+                *v = exp(*v - s);
+                *sum += *v;
+            }
+        }
+    }
+}
+
+with_simd! {
+    fn scale_columns(block: &mut [f32], factor: &[f32]) -> () {
+        for column in block.chunks_exact_mut(factor.len()) {
+            for (v, f) in column.iter_mut().zip(factor) {
+                *v *= f;
+            }
+        }
+    }
 }
 
 /// Gradients of q, k and v.

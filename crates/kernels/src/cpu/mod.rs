@@ -5,3 +5,4 @@ pub mod flash;
 pub mod matmul;
 pub mod rope;
 pub mod rows;
+pub mod transpose;
