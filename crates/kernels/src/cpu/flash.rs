@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::exp::{exp, exp_shifted_sum, with_simd};
 use super::transpose::transpose;
+use super::SendPtr;
 
 /// Query rows per block.
 pub const BLOCK_Q: usize = 64;
@@ -157,20 +158,6 @@ impl Mask<'_> {
         } else {
             (g.past() + i1).min(g.kv_len)
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of rows through it.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the allocation the pointer came from.
-        unsafe { self.0.add(offset) }
     }
 }
 

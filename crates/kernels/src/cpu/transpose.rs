@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Tile edge.
 const TILE: usize = 8;
 /// Rows of the source one task transposes (a multiple of [`TILE`]).
@@ -23,7 +25,7 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, src_rs: usize, dst: &mut
         (rows - 1) * src_rs + cols <= src.len(),
         "transpose source extent"
     );
-    let out = DstPtr(dst.as_mut_ptr());
+    let out = SendPtr(dst.as_mut_ptr());
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     let run = |task: usize| {
         let r0 = task * ROWS_PER_TASK;
@@ -39,21 +41,6 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, src_rs: usize, dst: &mut
     }
 }
 
-/// The output pointer, shared by the tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct DstPtr(*mut f32);
-// SAFETY: every task writes its own columns of the output only.
-unsafe impl Send for DstPtr {}
-unsafe impl Sync for DstPtr {}
-
-impl DstPtr {
-    /// Element `offset` of the output (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the output allocation.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// Source rows `r0..r1` into output columns `r0..r1`.
 ///
 /// # Safety
@@ -64,7 +51,7 @@ unsafe fn transpose_rows(
     r0: usize,
     r1: usize,
     cols: usize,
-    out: DstPtr,
+    out: SendPtr,
     dst_rs: usize,
 ) {
     let src = src.as_ptr();
@@ -107,7 +94,7 @@ unsafe fn plain(
     src_rs: usize,
     (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
-    out: DstPtr,
+    out: SendPtr,
     dst_rs: usize,
 ) {
     for r in r0..r1 {
