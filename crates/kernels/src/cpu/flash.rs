@@ -19,7 +19,6 @@ use rayon::prelude::*;
 
 use super::exp::{exp, exp_shifted_sum, with_simd};
 use super::transpose::transpose;
-use super::SendPtr;
 
 /// Query rows per block.
 pub const BLOCK_Q: usize = 64;
@@ -66,13 +65,10 @@ pub struct HeadsView<'a> {
 
 impl HeadsView<'_> {
     fn row(&self, b: usize, h: usize, i: usize) -> *const f32 {
-        let [sb, sh, sl] = self.strides;
-        self.data[self.offset + b * sb + h * sh + i * sl..].as_ptr()
+        self.rows_from(b, h, i).as_ptr()
     }
     pub(crate) fn row_slice(&self, b: usize, h: usize, i: usize, d: usize) -> &[f32] {
-        let [sb, sh, sl] = self.strides;
-        let at = self.offset + b * sb + h * sh + i * sl;
-        &self.data[at..at + d]
+        &self.rows_from(b, h, i)[..d]
     }
     /// The storage from row `i` of head `(b, h)` on.
     fn rows_from(&self, b: usize, h: usize, i: usize) -> &[f32] {
@@ -158,6 +154,20 @@ impl Mask<'_> {
         } else {
             (g.past() + i1).min(g.kv_len)
         }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of elements through it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation the pointer came from.
+        unsafe { self.0.add(offset) }
     }
 }
 

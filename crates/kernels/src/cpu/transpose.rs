@@ -1,18 +1,16 @@
 //! Out-of-place transpose of an f32 matrix, in 8x8 tiles (AVX shuffles where the CPU has AVX,
-//! a plain loop elsewhere), over the rayon threads when it is large.
+//! a plain loop elsewhere), on the calling thread (its caller, flash attention, runs one per
+//! rayon task).
 //!
 //! Flash attention turns each query block column-major with it once, so that gemm reads it
 //! directly for every key block: gemm's own packing of a row-major left operand is a scalar
 //! strided gather, repeated per call.
 
-use rayon::prelude::*;
-
-use super::SendPtr;
-
 /// Tile edge.
 const TILE: usize = 8;
-/// Rows of the source one task transposes (a multiple of [`TILE`]).
-const ROWS_PER_TASK: usize = 64;
+/// Rows of the source transposed at a time (a multiple of [`TILE`]): their lines stay in L1
+/// across the column tiles.
+const ROWS_PER_CHUNK: usize = 64;
 
 /// Writes the transpose of `src` (`rows x cols`, row stride `src_rs`, unit column stride) into
 /// `dst` (`cols x rows`, row-major, `dst.len() == rows * cols`).
@@ -25,19 +23,11 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, src_rs: usize, dst: &mut
         (rows - 1) * src_rs + cols <= src.len(),
         "transpose source extent"
     );
-    let out = SendPtr(dst.as_mut_ptr());
-    let tasks = rows.div_ceil(ROWS_PER_TASK);
-    let run = |task: usize| {
-        let r0 = task * ROWS_PER_TASK;
-        let r1 = (r0 + ROWS_PER_TASK).min(rows);
-        // SAFETY: the source extent was checked above; each task writes the columns r0..r1 of
-        // every output row, disjoint from the other tasks'.
+    let out = dst.as_mut_ptr();
+    for r0 in (0..rows).step_by(ROWS_PER_CHUNK) {
+        let r1 = (r0 + ROWS_PER_CHUNK).min(rows);
+        // SAFETY: the source extent was checked above; the output holds rows x cols.
         unsafe { transpose_rows(src, src_rs, r0, r1, cols, out, rows) };
-    };
-    if rows * cols >= 1 << 16 {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
     }
 }
 
@@ -51,7 +41,7 @@ unsafe fn transpose_rows(
     r0: usize,
     r1: usize,
     cols: usize,
-    out: SendPtr,
+    out: *mut f32,
     dst_rs: usize,
 ) {
     let src = src.as_ptr();
@@ -59,8 +49,8 @@ unsafe fn transpose_rows(
     let full_cols = cols / TILE * TILE;
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx") {
-        // Columns outer: each output row gets the task's rows as one contiguous run, and the
-        // task's source rows stay in L1 across the column tiles.
+        // Columns outer: each output row gets the chunk's rows as one contiguous run, and the
+        // chunk's source rows stay in L1 across the column tiles.
         for c in (0..full_cols).step_by(TILE) {
             for r in (r0..full_rows).step_by(TILE) {
                 // SAFETY: an 8x8 tile inside both extents; AVX is present.
@@ -68,7 +58,7 @@ unsafe fn transpose_rows(
                     tile_avx(
                         src.add(r * src_rs + c),
                         src_rs,
-                        out.at(c * dst_rs + r),
+                        out.add(c * dst_rs + r),
                         dst_rs,
                     )
                 };
@@ -94,13 +84,13 @@ unsafe fn plain(
     src_rs: usize,
     (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
-    out: SendPtr,
+    out: *mut f32,
     dst_rs: usize,
 ) {
     for r in r0..r1 {
         for c in c0..c1 {
             // SAFETY: inside both extents (the caller's contract).
-            unsafe { *out.at(c * dst_rs + r) = *src.add(r * src_rs + c) };
+            unsafe { *out.add(c * dst_rs + r) = *src.add(r * src_rs + c) };
         }
     }
 }
